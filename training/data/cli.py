@@ -1,0 +1,92 @@
+"""`shenhe data ...` commands. Light imports only at top level (the build imports datasets lazily)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shenhe.errors import UserError, cli_errors
+
+DEFAULT_RAW = Path("../shared/data")
+DEFAULT_OUT = Path("data/build")
+
+data_app = typer.Typer(help="Build the training corpus from the public sources.", no_args_is_help=True)
+
+
+def category_table(stats: dict[str, Any]) -> Table:
+    """Rows per category per split: public data, then the synthetic seed set (and --extra rows)."""
+    from training.data.build import TABLE_ROWS
+    from training.data.records import SPLITS
+
+    totals = stats["totals"]
+    table = Table(title="rows per category per split (after dedup)")
+    table.add_column("category")
+    columns: list[tuple[str, str]] = [("real", s) for s in SPLITS]
+    for kind in ("synthetic", "extra"):
+        if any(totals[kind][s]["total"] for s in SPLITS):
+            columns += [(kind, s) for s in ("train", "dev")]
+    for kind, split in columns:
+        table.add_column(split if kind == "real" else f"{kind} {split}", justify="right")
+    for row in TABLE_ROWS:
+        table.add_row(row, *(str(totals[kind][split][row]) for kind, split in columns),
+                      end_section=row == "normal")
+    return table
+
+
+@data_app.command("build")
+@cli_errors()
+def build_cmd(
+    raw: Annotated[Path, typer.Option(help="Folder holding one sub-folder per source.")] = DEFAULT_RAW,
+    out: Annotated[Path, typer.Option(help="Output folder (train/dev/test.jsonl, hf/, stats.json).")] = DEFAULT_OUT,
+    sources: Annotated[str | None, typer.Option(
+        help="Comma-separated source names to include (default: all, including seed_synthetic).")] = None,
+    commercial_only: Annotated[bool, typer.Option(
+        "--commercial-only", help="Keep only sources whose licence allows commercial use.")] = False,
+    extra: Annotated[list[Path] | None, typer.Option(
+        "--extra", help="Extra labelled JSONL ({id,text,labels,source}), e.g. reviewer labels; "
+                        "joins train/dev, wins label conflicts. Repeatable.")] = None,
+    seed_dir: Annotated[Path | None, typer.Option(help="Folder of synthetic seed *.jsonl (default: shipped).")] = None,
+    hf: Annotated[bool, typer.Option(help="Also write the Hugging Face DatasetDict to OUT/hf.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show progress bars on stderr.")] = True,
+) -> None:
+    """Read every source, deduplicate, resolve label conflicts, split, and write the corpus."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from training.data.build import DEFAULT_SEED_DIR, BuildConfig, BuildError, build
+
+    if not raw.is_dir():
+        raise UserError(f"raw data folder {raw} does not exist (expected one sub-folder per source)")
+    names = tuple(n.strip() for n in sources.split(",") if n.strip()) if sources else None
+    config = BuildConfig(raw=raw, out=out, sources=names, commercial_only=commercial_only,
+                         extra=tuple(extra or ()), seed_dir=seed_dir or DEFAULT_SEED_DIR, write_hf=hf)
+    err = Console(stderr=True)
+    started = time.perf_counter()
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, transient=True, disable=not progress) as bar:
+            stats = build(config, bar)
+    except BuildError as e:
+        raise UserError(str(e)) from None
+    for warning in stats["warnings"]:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    malformed = {n: s["malformed"] for n, s in stats["sources"].items() if s["malformed"]}
+    for name, count in malformed.items():
+        examples = "; ".join(stats["sources"][name]["malformed_examples"][:2])
+        err.print(f"[yellow]malformed rows:[/] {name}: {count} skipped (e.g. {examples})", highlight=False)
+    console = Console()
+    console.print(category_table(stats))
+    d = stats["dedup"]
+    console.print(
+        f"read {stats['rows_read']} rows -> {sum(stats['rows_out'].values())} after dedup "
+        f"({d['exact_duplicates']} exact + {d['near_duplicates']} near duplicates merged, "
+        f"{d['conflicts_majority+union'] + d['conflicts_reviewer']} label conflicts resolved); "
+        f"wrote {out} in {time.perf_counter() - started:.1f}s", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
