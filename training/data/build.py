@@ -183,8 +183,8 @@ def build(config: BuildConfig, progress: Any = None) -> dict[str, Any]:
         resolution = resolve_labels(members, reviewer)
         if resolution.rule == "reviewer":
             rep = [m for m, is_rev in zip(members, reviewer, strict=True) if is_rev][-1]
-        else:
-            rep = members[0]
+        else:  # the first row read, preferring one whose official split is the group's split
+            rep = next((m for m in members if m.official_split == split), members[0])
         rep_id = rep.id
         if rep_id in seen_ids:  # two sources' rows can never share an id, but an --extra file might
             n = 2

@@ -25,13 +25,14 @@ def category_table(stats: dict[str, Any]) -> Table:
 
     totals = stats["totals"]
     table = Table(title="rows per category per split (after dedup)")
-    table.add_column("category")
+    table.add_column("category", no_wrap=True)
     columns: list[tuple[str, str]] = [("real", s) for s in SPLITS]
     for kind in ("synthetic", "extra"):
         if any(totals[kind][s]["total"] for s in SPLITS):
             columns += [(kind, s) for s in ("train", "dev")]
     for kind, split in columns:
-        table.add_column(split if kind == "real" else f"{kind} {split}", justify="right")
+        header = split if kind == "real" else f"{'seed' if kind == 'synthetic' else kind}\n{split}"
+        table.add_column(header, justify="right", no_wrap=True)
     for row in TABLE_ROWS:
         table.add_row(row, *(str(totals[kind][split][row]) for kind, split in columns),
                       end_section=row == "normal")
@@ -73,11 +74,12 @@ def build_cmd(
     except BuildError as e:
         raise UserError(str(e)) from None
     for warning in stats["warnings"]:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     malformed = {n: s["malformed"] for n, s in stats["sources"].items() if s["malformed"]}
     for name, count in malformed.items():
         examples = "; ".join(stats["sources"][name]["malformed_examples"][:2])
-        err.print(f"[yellow]malformed rows:[/] {name}: {count} skipped (e.g. {examples})", highlight=False)
+        err.print(f"[yellow]malformed rows:[/] {name}: {count} skipped (e.g. {examples})", highlight=False,
+                  soft_wrap=True)
     console = Console()
     console.print(category_table(stats))
     d = stats["dedup"]
@@ -85,7 +87,32 @@ def build_cmd(
         f"read {stats['rows_read']} rows -> {sum(stats['rows_out'].values())} after dedup "
         f"({d['exact_duplicates']} exact + {d['near_duplicates']} near duplicates merged, "
         f"{d['conflicts_majority+union'] + d['conflicts_reviewer']} label conflicts resolved); "
-        f"wrote {out} in {time.perf_counter() - started:.1f}s", highlight=False)
+        f"wrote {out} in {time.perf_counter() - started:.1f}s", highlight=False, soft_wrap=True)
+
+
+@data_app.command("cards")
+@cli_errors(OSError, ValueError)
+def cards_cmd(
+    stats: Annotated[Path, typer.Option(help="stats.json of the build the cards describe.")] = DEFAULT_OUT / "stats.json",
+    cards: Annotated[Path, typer.Option(help="Folder of data cards.")] = Path("data_cards"),
+    check: Annotated[bool, typer.Option("--check", help="Only check; exit 1 if a card is out of date.")] = False,
+) -> None:
+    """Render the generated count blocks of the data cards from a build's stats.json."""
+    import json
+
+    from training.data.cards import missing_cards, update_cards
+
+    if not stats.is_file():
+        raise UserError(f"{stats} not found; run `shenhe data build` first")
+    data = json.loads(stats.read_text(encoding="utf-8"))
+    missing = missing_cards(cards, data)
+    stale = update_cards(cards, data, check=check)
+    for name in missing:
+        print(f"missing card: {cards / name}")
+    for path in stale:
+        print(f"{'out of date' if check else 'updated'}: {path}")
+    if check and (stale or missing):
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
