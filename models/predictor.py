@@ -1,0 +1,200 @@
+"""Score texts with a bundle's ONNX model and turn scores into policy decisions.
+
+Only onnxruntime, tokenizers and numpy (plus ``models.*``): serving never needs torch or transformers.
+Steps per text: shared normalisation -> token windows -> INT8 ONNX logits -> per-category calibration ->
+maximum over windows -> policy thresholds and word lists -> :class:`models.types.Prediction`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models.bundle import Bundle, BundleError, check_policy_fits, load_bundle
+from models.normalize import Normalized, normalize
+from models.policy import CATEGORY_SLUGS, Policy, load_policy
+from models.types import Decision, ModelInfo, Prediction, Reason, TermMatch
+from models.windowing import WindowTokenizer, length_sorted_batches, max_over_windows, pad_batch
+
+
+def default_threads() -> int:
+    """The number of cores this process may run on (respects taskset / cgroup cpusets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class TermMatcher:
+    """Word-list hits (pyahocorasick) over lower-cased normalised text, reported in original positions."""
+
+    def __init__(self, policy: Policy) -> None:
+        import ahocorasick
+
+        self._automaton = ahocorasick.Automaton()
+        entries: dict[str, list[tuple[str, str]]] = {}
+        for cat in policy.categories:
+            for term in cat.terms:
+                key = normalize(term).text.lower()
+                if key:
+                    entries.setdefault(key, []).append((cat.slug, term))
+        for key, owners in entries.items():
+            self._automaton.add_word(key, (len(key), owners))
+        self._empty = not entries
+        if not self._empty:
+            self._automaton.make_automaton()
+
+    def find(self, norm: Normalized) -> list[TermMatch]:
+        if self._empty or not norm.text:
+            return []
+        hay = norm.text.lower()
+        if len(hay) != len(norm.text):  # a few characters change length when lower-cased; keep positions exact
+            hay = "".join(c.lower() if len(c.lower()) == 1 else c for c in norm.text)
+        out: list[TermMatch] = []
+        for end, (length, owners) in self._automaton.iter(hay):
+            start, stop = norm.to_original_span(end - length + 1, end + 1)
+            out.extend(TermMatch(category=slug, term=term, start=start, end=stop) for slug, term in owners)
+        out.sort(key=lambda m: (m.start, m.end, m.category))
+        return out
+
+
+class Predictor:
+    """Loads a bundle once; ``score`` and ``predict`` are safe to call from one thread at a time per
+    instance (onnxruntime sessions themselves are thread-safe for ``run``)."""
+
+    def __init__(self, bundle_dir: str | Path | None = None, policy: Policy | str | Path | None = None,
+                 intra_op_threads: int | None = None, providers: Sequence[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.bundle: Bundle = load_bundle(bundle_dir)
+        self.manifest = self.bundle.manifest
+        self.info = ModelInfo(name=self.manifest.name, version=self.manifest.version)
+        if policy is None:
+            self.policy = self.bundle.policy
+        else:
+            self.policy = policy if isinstance(policy, Policy) else load_policy(policy)
+            check_policy_fits(self.policy, self.manifest, "policy")
+        self.intra_op_threads = intra_op_threads or default_threads()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.bundle.model_path), sess_options=opts,
+                                                providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as e:  # onnxruntime raises its own exception types for a malformed file
+            raise BundleError(f"{self.bundle.model_path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        try:
+            self.windower = WindowTokenizer.from_file(self.bundle.tokenizer_path, self.manifest.max_length,
+                                                      self.manifest.window_stride, self.manifest.pad_token_id,
+                                                      self.manifest.text_prefix)
+        except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+            raise BundleError(f"{self.bundle.tokenizer_path}: cannot load tokenizer ({str(e).splitlines()[0][:200]})") from None
+        self._calibrators: list[Callable[[np.ndarray], np.ndarray] | None] = [
+            self.manifest.calibration[s].apply if s in self.manifest.trained_categories else None
+            for s in CATEGORY_SLUGS
+        ]
+        self.set_policy(self.policy)
+
+    def set_policy(self, policy: Policy) -> None:
+        """Swap the operating policy (thresholds, word lists) without reloading the model."""
+        check_policy_fits(policy, self.manifest, "policy")
+        self.policy = policy
+        self._terms = TermMatcher(policy)
+        # A category blocks only when the policy allows it AND the bundle was trained on it.
+        trained = self.manifest.trained_mask
+        self._can_block = np.array([c.can_block for c in policy.categories]) & trained
+        self._reviewable = trained.copy()
+        self._block_t = np.array([c.block_threshold for c in policy.categories])
+        self._review_t = np.array([c.review_threshold for c in policy.categories])
+
+    # -- scoring -------------------------------------------------------------------------------------
+
+    def _logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        (logits,) = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})
+        return logits
+
+    def _score_normalized(self, norms: Sequence[Normalized], batch_size: int
+                          ) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
+        """Calibrated scores [n, 9] and, per text and category, the original-text span of the best window."""
+        n = len(norms)
+        scores = np.zeros((n, len(CATEGORY_SLUGS)), dtype=np.float64)
+        whole = [(0, norm.original_length) for norm in norms]
+        spans = [[whole[i]] * len(CATEGORY_SLUGS) for i in range(n)]
+        live = [i for i, norm in enumerate(norms) if norm.text]  # empty text: no model call, scores 0
+        if not live:
+            return scores, spans
+        windows = self.windower.windows([norms[i].text for i in live])
+        logits = np.zeros((len(windows), len(CATEGORY_SLUGS)), dtype=np.float32)
+        for batch in length_sorted_batches(windows, batch_size):
+            ids, mask = pad_batch([windows[i] for i in batch], self.manifest.pad_token_id)
+            logits[batch] = self._logits(ids, mask)
+        probs = np.zeros_like(logits, dtype=np.float64)
+        for c, calibrate in enumerate(self._calibrators):
+            if calibrate is not None:  # untrained categories stay 0: the model has no signal for them
+                probs[:, c] = calibrate(logits[:, c])
+        best, arg = max_over_windows(probs, windows, len(live))
+        per_text = np.bincount([w.text_index for w in windows], minlength=len(live))
+        for row, i in enumerate(live):
+            scores[i] = best[row]
+            if per_text[row] > 1:  # a long text: point at the window behind each score
+                spans[i] = [norms[i].to_original_span(windows[w].char_start, windows[w].char_end) for w in arg[row]]
+        return scores, spans
+
+    def score(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Calibrated probabilities [n, 9] (Article 9 order); untrained categories are 0."""
+        scores, _ = self._score_normalized([normalize(t) for t in texts], batch_size)
+        return scores
+
+    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
+        norms = [normalize(t) for t in texts]
+        scores, spans = self._score_normalized(norms, batch_size)
+        return [self._decide(norm, scores[i], spans[i]) for i, norm in enumerate(norms)]
+
+    # -- decisions -----------------------------------------------------------------------------------
+
+    def decide(self, text: str, scores: np.ndarray, spans: Sequence[tuple[int, int]] | None = None) -> Prediction:
+        """The policy decision for ``text`` given its calibrated ``scores`` (and best-window spans)."""
+        norm = normalize(text)
+        return self._decide(norm, np.asarray(scores, dtype=np.float64),
+                            list(spans) if spans is not None else [(0, len(text))] * len(CATEGORY_SLUGS))
+
+    def _decide(self, norm: Normalized, scores: np.ndarray, spans: Sequence[tuple[int, int]]) -> Prediction:
+        reasons: list[Reason] = []
+        blocked: list[str] = []
+        reviewed: list[str] = []
+        for c, slug in enumerate(CATEGORY_SLUGS):
+            s = float(scores[c])
+            if self._can_block[c] and s >= self._block_t[c]:
+                blocked.append(slug)
+                reasons.append(Reason(slug, "block", s, float(self._block_t[c]), tuple(spans[c])))
+            elif self._reviewable[c] and s >= self._review_t[c]:
+                reviewed.append(slug)
+                reasons.append(Reason(slug, "review", s, float(self._review_t[c]), tuple(spans[c])))
+        matches = self._terms.find(norm)
+        for m in matches:
+            cat = self.policy.category(m.category)
+            if cat.term_action == "review" and m.category not in blocked and m.category not in reviewed:
+                reviewed.append(m.category)
+                c = CATEGORY_SLUGS.index(m.category)
+                reasons.append(Reason(m.category, "term", float(scores[c]), float(self._review_t[c]), (m.start, m.end)))
+        decision: Decision
+        if blocked:
+            decision, categories = "block", blocked
+        elif reviewed:
+            decision, categories = "review", [s for s in CATEGORY_SLUGS if s in reviewed]
+        else:
+            decision, categories = "pass", []
+        return Prediction(
+            scores={slug: float(scores[c]) for c, slug in enumerate(CATEGORY_SLUGS)},
+            decision=decision,
+            categories=categories,
+            reasons=reasons,
+            matches=matches,
+            model=self.info,
+            policy_version=self.policy.version,
+        )

@@ -1,0 +1,135 @@
+"""Token windows over normalised text: the one tokenisation used by training, evaluation and serving.
+
+A text that fits in ``max_length`` tokens is one window. A longer text becomes overlapping windows of
+``max_length`` tokens (special tokens included) where consecutive windows share ``stride`` tokens; a
+category's score for the text is its maximum over the windows, and the window that produced it is
+kept (as a character span) to explain the decision.
+
+This uses the ``tokenizers`` library's own truncation-with-overflow, which is what a transformers
+fast tokenizer runs for ``return_overflowing_tokens=True, stride=...``: the trainer (through
+``AutoTokenizer(...).backend_tokenizer``) and the predictor (``tokenizer.json``) cut identical windows.
+No torch here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+DEFAULT_MAX_LENGTH = 128
+DEFAULT_STRIDE = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One model input: token ids (special tokens included) of part of one text.
+
+    ``char_start``/``char_end`` is the span of the *normalised* text the window covers."""
+
+    text_index: int
+    ids: tuple[int, ...]
+    char_start: int
+    char_end: int
+
+
+class WindowTokenizer:
+    """Cuts normalised texts into token windows.
+
+    Holds its own copy of the tokenizer so the truncation settings never leak to a caller's object."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int = DEFAULT_MAX_LENGTH,
+                 stride: int = DEFAULT_STRIDE, pad_token_id: int | None = None, text_prefix: str = "") -> None:
+        self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        # An encoder trained with an input prefix (e5: "passage: ") gets it in every window, right after
+        # the leading special token, exactly as tokenising ``text_prefix + text`` would place it.
+        self.text_prefix = text_prefix
+        self.prefix_ids: tuple[int, ...] = (
+            tuple(self.tokenizer.encode(text_prefix, add_special_tokens=False).ids) if text_prefix else ())
+        probe = self.tokenizer.encode("x", add_special_tokens=True)
+        self._lead = next((k for k, sp in enumerate(probe.special_tokens_mask) if not sp), 1)
+        self.n_special = self.tokenizer.num_special_tokens_to_add(is_pair=False) + len(self.prefix_ids)
+        if max_length <= self.n_special + 1:
+            raise ValueError(f"max_length {max_length} leaves no room for text tokens")
+        if not 0 <= stride < max_length - self.n_special:
+            raise ValueError(f"stride must be in [0, {max_length - self.n_special}), got {stride}")
+        self.max_length = max_length
+        self.stride = stride
+        self.tokenizer.enable_truncation(max_length=max_length - len(self.prefix_ids), stride=stride,
+                                         strategy="longest_first", direction="right")
+        self.pad_token_id = _pad_id(tokenizer) if pad_token_id is None else pad_token_id
+
+    @classmethod
+    def from_file(cls, path: str | Path, max_length: int = DEFAULT_MAX_LENGTH, stride: int = DEFAULT_STRIDE,
+                  pad_token_id: int | None = None, text_prefix: str = "") -> WindowTokenizer:
+        return cls(Tokenizer.from_file(str(path)), max_length, stride, pad_token_id, text_prefix)
+
+    def windows(self, texts: Sequence[str]) -> list[Window]:
+        """All windows of ``texts`` (already normalised), text by text, in order."""
+        out: list[Window] = []
+        for i, enc in enumerate(self.tokenizer.encode_batch(list(texts), add_special_tokens=True)):
+            for part in (enc, *enc.overflowing):
+                out.append(self._window(i, part))
+        return out
+
+    def first_windows(self, texts: Sequence[str]) -> list[Window]:
+        """One window per text: the first ``max_length`` tokens (what training sees)."""
+        return [self._window(i, enc) for i, enc in
+                enumerate(self.tokenizer.encode_batch(list(texts), add_special_tokens=True))]
+
+    def _window(self, text_index: int, enc: Encoding) -> Window:
+        content = [off for off, special in zip(enc.offsets, enc.special_tokens_mask, strict=True) if not special]
+        start = content[0][0] if content else 0
+        end = content[-1][1] if content else 0
+        ids = enc.ids
+        if self.prefix_ids:
+            ids = [*ids[: self._lead], *self.prefix_ids, *ids[self._lead:]]
+        return Window(text_index, tuple(ids), start, end)
+
+
+def _pad_id(tokenizer: Tokenizer) -> int:
+    for token in ("<pad>", "[PAD]"):
+        tid = tokenizer.token_to_id(token)
+        if tid is not None:
+            return tid
+    return 0
+
+
+def pad_batch(windows: Sequence[Window], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` (int64, [batch, longest]) padded to the longest window."""
+    longest = max(len(w.ids) for w in windows)
+    ids = np.full((len(windows), longest), pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(windows), longest), dtype=np.int64)
+    for row, w in enumerate(windows):
+        ids[row, : len(w.ids)] = w.ids
+        mask[row, : len(w.ids)] = 1
+    return ids, mask
+
+
+def length_sorted_batches(windows: Sequence[Window], batch_size: int) -> Iterator[list[int]]:
+    """Indices of ``windows`` in batches of similar length (little padding); every index once."""
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))
+    for k in range(0, len(order), batch_size):
+        yield order[k: k + batch_size]
+
+
+def max_over_windows(window_values: np.ndarray, windows: Sequence[Window], n_texts: int,
+                     fill: float = -np.inf) -> tuple[np.ndarray, np.ndarray]:
+    """Per text and column, the maximum over its windows and the index (into ``windows``) of that window.
+
+    ``window_values`` is [n_windows, k]; returns ([n_texts, k] values, [n_texts, k] window indices).
+    A text with no window gets ``fill`` and index -1."""
+    k = window_values.shape[1]
+    best = np.full((n_texts, k), fill, dtype=np.float64)
+    arg = np.full((n_texts, k), -1, dtype=np.int64)
+    for wi, w in enumerate(windows):
+        row = window_values[wi]
+        better = row > best[w.text_index]
+        best[w.text_index] = np.where(better, row, best[w.text_index])
+        arg[w.text_index] = np.where(better, wi, arg[w.text_index])
+    return best, arg

@@ -1,0 +1,85 @@
+"""Typed configuration for fine-tuning (one dataclass, saved into the run directory as run.json)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from models.windowing import DEFAULT_MAX_LENGTH, DEFAULT_STRIDE
+
+
+@dataclass
+class TrainingArguments:
+    """Everything that defines a fine-tuning run. Defaults are sized for a 2-core CPU."""
+
+    base: str  # hub id or local directory of the encoder (AutoModel / AutoTokenizer)
+    data: Path  # folder with train.jsonl, dev.jsonl[, test.jsonl]
+    out: Path  # run directory
+    # Optimisation
+    epochs: int = 3
+    learning_rate: float = 5e-5  # encoder
+    head_learning_rate: float = 5e-4  # the freshly initialised classification head learns faster
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    grad_clip: float = 1.0
+    seed: int = 42
+    dropout: float = 0.1
+    pooling: Literal["mean", "cls"] = "mean"  # e5 encoders are trained with mean pooling
+    # Positive weight per category = clip((neg/pos) ** power, 1, max): rare categories count more.
+    pos_weight_power: float = 0.5
+    pos_weight_max: float = 30.0
+    # Sequence handling
+    max_length: int = DEFAULT_MAX_LENGTH
+    window_stride: int = DEFAULT_STRIDE
+    # Speed on CPU
+    freeze_embeddings: bool | None = None  # None: frozen on CPU, trained on GPU
+    freeze_layers: int = 0  # freeze the bottom N transformer layers
+    threads: int | None = None  # torch threads; None: the cores this process may use
+    device: str = "auto"  # auto | cpu | cuda
+    max_train_samples: int | None = None  # deterministic subsample (keeps rare-category positives)
+    max_per_source: int | None = None  # cap rows per data source (same rule)
+    rare_category_rows: int = 5000  # categories with fewer train positives keep all of them in a subsample
+    min_train_positives: int = 20  # fewer train positives: the category is untrained (masked)
+    max_steps: int | None = None
+    time_budget_minutes: float | None = None  # total training time over all resumes; then stop cleanly
+    # Evaluation, checkpoints, early stopping
+    eval_every_steps: int | None = 300  # plus one evaluation at each epoch end
+    eval_samples: int | None = 2000  # dev subsample used during training (full dev at the end)
+    early_stopping_patience: int = 3  # evaluations without macro-F1 improvement
+    save_every_steps: int = 100
+    log_every_steps: int = 10
+    calibration: Literal["platt", "isotonic"] = "platt"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data = Path(self.data)
+        self.out = Path(self.out)
+        if self.epochs < 1:
+            raise ValueError("epochs must be >= 1")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("batch sizes must be >= 1")
+        if not 0 <= self.window_stride < self.max_length - 2:
+            raise ValueError("window_stride must be in [0, max_length - 2)")
+        if self.freeze_layers < 0:
+            raise ValueError("freeze_layers must be >= 0")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError("warmup_ratio must be in [0, 1)")
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["data"] = str(self.data)
+        d["out"] = str(self.out)
+        return d
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainingArguments:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

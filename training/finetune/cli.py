@@ -1,0 +1,149 @@
+"""`shenhe train` and `shenhe export`. Light imports only: torch, transformers and sklearn load inside commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from models.bundle import BundleError
+from models.policy import PolicyError
+from shenhe.errors import UserError, cli_errors
+
+DEFAULT_DATA = Path("data/build")
+DEFAULT_BASE = "~/.cache/shenhe/encoders/me5-small-zh"
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from training.finetune.dataset import DataError
+    from training.finetune.errors import ExportError, TrainError
+
+    found: list[type[BaseException]] = [TrainError, DataError, ExportError, BundleError, PolicyError]
+    try:
+        from training.encoder.base import BaseEncoderError
+
+        found.append(BaseEncoderError)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def train_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoints, logs, final model, metrics).")],
+    base: Annotated[str, typer.Option("--base", help="Encoder: local directory or hub id.")] = DEFAULT_BASE,
+    data: Annotated[Path, typer.Option("--data", help="Folder with train/dev[/test].jsonl.")] = DEFAULT_DATA,
+    arch: Annotated[str, typer.Option("--arch", help="bert (fine-tune the encoder) or tfidf (baseline).")] = "bert",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (default 3).")] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Encoder learning rate.")] = 5e-5,
+    head_lr: Annotated[float, typer.Option("--head-lr", help="Head learning rate.")] = 5e-4,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per window.")] = 128,
+    stride: Annotated[int, typer.Option("--stride", help="Tokens shared by consecutive windows of a long text.")] = 32,
+    warmup_ratio: Annotated[float, typer.Option("--warmup-ratio")] = 0.06,
+    seed: Annotated[int, typer.Option("--seed")] = 42,
+    freeze_embeddings: Annotated[bool | None, typer.Option(
+        "--freeze-embeddings/--train-embeddings", help="Default: frozen on CPU, trained on GPU.")] = None,
+    freeze_layers: Annotated[int, typer.Option("--freeze-layers", help="Freeze the bottom N transformer layers.")] = 0,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimiser steps.")] = None,
+    time_budget: Annotated[float | None, typer.Option(
+        "--time-budget-minutes", help="Stop training after this many minutes (over all resumes), then evaluate.")] = None,
+    max_train_samples: Annotated[int | None, typer.Option(
+        "--max-train-samples", help="Deterministic subsample; rare-category positives are always kept.")] = None,
+    max_per_source: Annotated[int | None, typer.Option("--max-per-source", help="Cap train rows per source.")] = None,
+    eval_every: Annotated[int, typer.Option("--eval-every-steps", help="Dev evaluation every N steps (0: epochs only).")] = 300,
+    eval_samples: Annotated[int, typer.Option("--eval-samples", help="Dev subsample during training (0: all).")] = 2000,
+    save_every: Annotated[int, typer.Option("--save-every-steps", help="Checkpoint every N steps.")] = 100,
+    patience: Annotated[int, typer.Option("--patience", help="Early stopping: evaluations without improvement.")] = 3,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: cores available).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    calibration: Annotated[str, typer.Option("--calibration", help="platt or isotonic.")] = "platt",
+    min_train_positives: Annotated[int, typer.Option(
+        "--min-train-positives", help="Categories with fewer training positives are untrained (masked).")] = 20,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Fine-tune an encoder (or fit the TF-IDF baseline) on the built corpus; calibrate and pick thresholds on dev."""
+
+    @cli_errors(*_expected_errors(), OSError)
+    def run() -> None:
+        if arch == "tfidf":
+            from training.finetune.tfidf import TfidfArguments, train_tfidf
+
+            info = train_tfidf(TfidfArguments(data=data, out=out, max_train_samples=max_train_samples,
+                                              max_per_source=max_per_source, seed=seed, calibration=calibration,
+                                              min_train_positives=min_train_positives))
+            print(json.dumps({k: info[k] for k in ("train_rows", "features", "fit_seconds", "dev_macro_f1",
+                                                   "test_macro_f1")}, ensure_ascii=False))
+            return
+        if arch != "bert":
+            raise UserError(f"--arch must be bert or tfidf, not {arch!r}")
+        from training.finetune.args import TrainingArguments
+        from training.finetune.trainer import load_run_args, train
+
+        if resume:
+            args = load_run_args(out)
+            for name, value in (("epochs", epochs), ("max_steps", max_steps), ("time_budget_minutes", time_budget),
+                                ("threads", threads)):
+                if value is not None:
+                    setattr(args, name, value)
+        else:
+            base_path = Path(base).expanduser()
+            try:
+                args = TrainingArguments(
+                    base=str(base_path) if base_path.exists() else base, data=data, out=out,
+                    epochs=epochs or 3, learning_rate=lr, head_learning_rate=head_lr, batch_size=batch_size,
+                    max_length=max_length, window_stride=stride, warmup_ratio=warmup_ratio, seed=seed,
+                    freeze_embeddings=freeze_embeddings, freeze_layers=freeze_layers, max_steps=max_steps,
+                    time_budget_minutes=time_budget, max_train_samples=max_train_samples,
+                    max_per_source=max_per_source, eval_every_steps=eval_every or None,
+                    eval_samples=eval_samples or None, save_every_steps=save_every, early_stopping_patience=patience,
+                    threads=threads, device=device, calibration=calibration,  # type: ignore[arg-type]
+                    min_train_positives=min_train_positives,
+                )
+            except ValueError as e:
+                raise UserError(str(e)) from None
+        info = train(args, resume=resume, show_progress=not quiet)
+        print(json.dumps({"run": str(out), "steps": info["state"]["global_step"],
+                          "stop_reason": info["state"]["stop_reason"],
+                          "train_samples_per_second": info["train_samples_per_second"],
+                          "dev_macro_f1": info["dev_macro_f1"], "test_macro_f1": info["test_macro_f1"]}))
+
+    run()
+
+
+def export_cmd(
+    run: Annotated[Path, typer.Option("--run", help="A finished `shenhe train` run directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle directory to write (replaced atomically).")],
+    name: Annotated[str | None, typer.Option("--name", help="Bundle name (default: the --out folder name).")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="Bundle version (default: today's date).")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Corpus folder (default: the run's).")] = None,
+    policy: Annotated[Path | None, typer.Option("--policy", help="Base policy (targets, word lists).")] = None,
+    baseline: Annotated[Path | None, typer.Option("--baseline", help="TF-IDF run to compare with in the card.")] = None,
+    calibration: Annotated[str | None, typer.Option("--calibration", help="platt or isotonic.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads")] = None,
+    allow_parity_failure: Annotated[bool, typer.Option(
+        "--allow-parity-failure", help="Write the bundle even if a parity check fails (recorded in metrics.json).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Export a run to a bundle: ONNX + INT8, calibration and thresholds on dev, parity checks, model card."""
+
+    @cli_errors(*_expected_errors(), OSError)
+    def go() -> None:
+        from training.finetune.export import ExportOptions, export_bundle
+
+        path = export_bundle(ExportOptions(run=run, out=out, name=name, version=version, data=data, policy=policy,
+                                           baseline=baseline, calibration=calibration, threads=threads,
+                                           allow_parity_failure=allow_parity_failure, show_progress=not quiet))
+        metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+        print(json.dumps({"bundle": str(path), "dev_macro_f1": metrics["dev"]["macro_f1"],
+                          "test_macro_f1": metrics.get("test", {}).get("macro_f1"),
+                          "parity": metrics["parity"]}, ensure_ascii=False))
+
+    go()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)
+    app.command("export")(export_cmd)

@@ -1,0 +1,195 @@
+"""Reading the built splits, label matrices, deterministic subsampling and length-grouped batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from models.normalize import normalize_text
+from models.policy import CATEGORY_SLUGS
+
+SPLIT_NAMES = ("train", "dev", "test")
+
+
+class DataError(ValueError):
+    """Unusable training data; the message is one line."""
+
+
+@dataclass
+class Split:
+    """One split: original texts, their normalised form, a [n, 9] 0/1 label matrix and sources."""
+
+    name: str
+    ids: list[str]
+    texts: list[str]
+    labels: np.ndarray
+    sources: list[str]
+    _normalized: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @property
+    def normalized(self) -> list[str]:
+        if self._normalized is None:
+            self._normalized = [normalize_text(t) for t in self.texts]
+        return self._normalized
+
+    def subset(self, index: Sequence[int]) -> Split:
+        idx = list(index)
+        norm = [self._normalized[i] for i in idx] if self._normalized is not None else None
+        return Split(self.name, [self.ids[i] for i in idx], [self.texts[i] for i in idx],
+                     self.labels[idx], [self.sources[i] for i in idx], norm)
+
+    def positives(self) -> dict[str, int]:
+        return {slug: int(self.labels[:, c].sum()) for c, slug in enumerate(CATEGORY_SLUGS)}
+
+    def source_counts(self) -> dict[str, int]:
+        return dict(Counter(self.sources))
+
+
+def read_split(path: Path, name: str | None = None) -> Split:
+    """Read ``{"id","text","labels":[slugs],"source"}`` lines; a bad line is a one-line DataError."""
+    ids: list[str] = []
+    texts: list[str] = []
+    rows: list[np.ndarray] = []
+    sources: list[str] = []
+    index = {slug: c for c, slug in enumerate(CATEGORY_SLUGS)}
+    try:
+        fh = path.open(encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.__class__.__name__})") from None
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                text = obj["text"]
+                labels = obj.get("labels", [])
+                if not isinstance(text, str) or not isinstance(labels, list):
+                    raise TypeError
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DataError(f"{path}:{lineno}: expected a JSON object with 'text' and 'labels'") from None
+            vec = np.zeros(len(CATEGORY_SLUGS), dtype=np.float32)
+            for slug in labels:
+                if slug not in index:
+                    raise DataError(f"{path}:{lineno}: unknown category {slug!r}")
+                vec[index[slug]] = 1.0
+            ids.append(str(obj.get("id", f"{path.stem}:{lineno}")))
+            texts.append(text)
+            rows.append(vec)
+            sources.append(str(obj.get("source", "unknown")))
+    labels_arr = np.stack(rows) if rows else np.zeros((0, len(CATEGORY_SLUGS)), dtype=np.float32)
+    return Split(name or path.stem, ids, texts, labels_arr, sources)
+
+
+def read_splits(data_dir: Path, require: Sequence[str] = ("train", "dev")) -> dict[str, Split]:
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: data directory not found (build it with `shenhe data build`)")
+    out: dict[str, Split] = {}
+    for name in SPLIT_NAMES:
+        p = data_dir / f"{name}.jsonl"
+        if p.is_file():
+            out[name] = read_split(p, name)
+        elif name in require:
+            raise DataError(f"{p}: missing")
+    for name in require:
+        if not len(out[name]):
+            raise DataError(f"{data_dir / (name + '.jsonl')}: no rows")
+    return out
+
+
+def _stable_key(seed: int, text_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{text_id}".encode(), digest_size=8).digest(), "big")
+
+
+def subsample(split: Split, max_rows: int | None, max_per_source: int | None, rare_category_rows: int,
+              seed: int) -> Split:
+    """A deterministic subsample (same rows for the same ids and seed, whatever the file order).
+
+    Rows with a positive label in a *rare* category (fewer than ``rare_category_rows`` positives) are
+    always kept; the other rows are taken in a seeded hash order, per source up to ``max_per_source``,
+    then overall up to ``max_rows``."""
+    if max_rows is None and max_per_source is None:
+        return split
+    counts = split.labels.sum(axis=0)
+    rare = (counts > 0) & (counts < rare_category_rows)
+    keep_always = split.labels[:, rare].sum(axis=1) > 0 if rare.any() else np.zeros(len(split), dtype=bool)
+    order = sorted(range(len(split)), key=lambda i: _stable_key(seed, split.ids[i]))
+    chosen: list[int] = [i for i in order if keep_always[i]]
+    per_source: Counter[str] = Counter(split.sources[i] for i in chosen)
+    budget = None if max_rows is None else max(0, max_rows - len(chosen))
+    for i in order:
+        if keep_always[i]:
+            continue
+        if budget is not None and budget <= 0:
+            break
+        src = split.sources[i]
+        if max_per_source is not None and per_source[src] >= max_per_source:
+            continue
+        per_source[src] += 1
+        chosen.append(i)
+        if budget is not None:
+            budget -= 1
+    return split.subset(sorted(chosen))
+
+
+def eval_subsample(split: Split, n: int | None, seed: int) -> Split:
+    """A deterministic dev subsample for evaluations during training (all of it when small)."""
+    if n is None or len(split) <= n:
+        return split
+    order = sorted(range(len(split)), key=lambda i: _stable_key(seed + 1, split.ids[i]))
+    # Keep the positives of every category represented, then fill with the rest in hash order.
+    chosen: list[int] = []
+    seen: set[int] = set()
+    per_cat = max(1, n // (4 * len(CATEGORY_SLUGS)))
+    for c in range(len(CATEGORY_SLUGS)):
+        pos = [i for i in order if split.labels[i, c] > 0][:per_cat]
+        for i in pos:
+            if i not in seen:
+                seen.add(i)
+                chosen.append(i)
+    for i in order:
+        if len(chosen) >= n:
+            break
+        if i not in seen:
+            seen.add(i)
+            chosen.append(i)
+    return split.subset(sorted(chosen))
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int,
+                           mega_batch_factor: int = 50) -> list[list[int]]:
+    """Shuffled batches of similar-length rows (little padding), deterministic for ``seed``.
+
+    Rows are shuffled, cut into mega-batches of ``batch_size * mega_batch_factor``, sorted by length
+    inside each, cut into batches; batch order is shuffled again so lengths vary over time."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(lengths))
+    mega = batch_size * mega_batch_factor
+    batches: list[list[int]] = []
+    for k in range(0, len(perm), mega):
+        chunk = sorted(perm[k: k + mega].tolist(), key=lambda i: lengths[i])
+        batches.extend(chunk[j: j + batch_size] for j in range(0, len(chunk), batch_size))
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def pos_weights(labels: np.ndarray, power: float, max_weight: float) -> np.ndarray:
+    """Per-category BCE positive weights: ``clip((neg / pos) ** power, 1, max_weight)`` (1 where pos = 0)."""
+    pos = labels.sum(axis=0)
+    neg = len(labels) - pos
+    ratio = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
+    return np.clip(ratio ** power, 1.0, max_weight).astype(np.float32)
+
+
+def iter_chunks(seq: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for k in range(0, len(seq), size):
+        yield seq[k: k + size]

@@ -1,0 +1,261 @@
+"""`shenhe export`: a finished run -> a verified model bundle (see models/bundle.py for the format).
+
+Steps: torch model -> fp32 ONNX -> INT8 ONNX; score dev (and test) with the INT8 model that ships;
+fit calibration and thresholds on those dev scores (so the thresholds are the shipped model's);
+check parity (fp32 ONNX vs torch, INT8 vs fp32); write metrics, policy, model card and hashes.
+The bundle is assembled in a temporary sibling directory and moved into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.bundle import (
+    CARD_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    POLICY_FILE,
+    TOKENIZER_FILE,
+    BundleManifest,
+    file_hashes,
+    load_bundle,
+    write_manifest,
+)
+from models.policy import CATEGORY_SLUGS, load_policy
+from models.windowing import WindowTokenizer
+from training.finetune.calibrate import apply_calibration, fit_calibration
+from training.finetune.dataset import Split, read_splits
+from training.finetune.errors import ExportError
+from training.finetune.sources import describe_sources
+from training.finetune.thresholds import (
+    apply_operating_points,
+    choose_operating_points,
+    decisions,
+    points_as_dicts,
+    split_metrics,
+)
+
+# Acceptance limits checked at export (see the README): fp32 ONNX must reproduce torch, INT8 must keep decisions.
+MAX_FP32_PROB_DIFF = 1e-4
+MIN_INT8_AGREEMENT = 0.99
+MAX_INT8_F1_DROP = 0.01
+PARITY_TEXTS = 256
+
+
+@dataclass
+class ExportOptions:
+    run: Path
+    out: Path
+    name: str | None = None
+    version: str | None = None
+    data: Path | None = None  # default: the run's --data
+    policy: Path | None = None  # base policy (targets, word lists); default: the shipped policy
+    baseline: Path | None = None  # a `shenhe train --arch tfidf` run to compare with in the card
+    calibration: str | None = None  # platt | isotonic; default: the run's choice
+    threads: int | None = None
+    batch_size: int = 64
+    allow_parity_failure: bool = False
+    show_progress: bool = True
+
+
+def _read_run(run: Path) -> dict[str, Any]:
+    run_file = run / "run.json"
+    if not run_file.is_file():
+        raise ExportError(f"{run}: not a training run (run.json missing)")
+    info = json.loads(run_file.read_text(encoding="utf-8"))
+    if info.get("arch") != "bert":
+        raise ExportError(f"{run}: a {info.get('arch')!r} run; only BERT runs export to a bundle")
+    if info.get("status") != "done" or not (run / "model").is_dir():
+        raise ExportError(f"{run}: the run has not finished (continue it with `shenhe train --resume --out {run}`)")
+    return info
+
+
+def _throughput(session: Any, windower: WindowTokenizer, texts: list[str]) -> dict[str, float]:
+    """Measured offline texts/s of the INT8 model on real dev texts (batch 32) and single-text latency."""
+    from training.finetune.backend import onnx_window_logits
+
+    sample = texts[:512]
+    if not sample:
+        return {}
+    onnx_window_logits(session, windower, sample[:32], 32)  # warm-up
+    t0 = time.perf_counter()
+    onnx_window_logits(session, windower, sample, 32)
+    batch_tps = len(sample) / (time.perf_counter() - t0)
+    singles = sample[:64]
+    t0 = time.perf_counter()
+    for t in singles:
+        onnx_window_logits(session, windower, [t], 1)
+    single_ms = 1000 * (time.perf_counter() - t0) / len(singles)
+    return {"texts_per_second_batch32": round(batch_tps, 1), "single_text_ms": round(single_ms, 2),
+            "texts_measured": len(sample), "cpu": platform.processor() or platform.machine(),
+            "threads": session.get_session_options().intra_op_num_threads}
+
+
+def export_bundle(opts: ExportOptions) -> Path:
+    import torch
+
+    from training.finetune.backend import (
+        export_onnx,
+        max_prob_diff,
+        onnx_window_logits,
+        ort_session,
+        quantize_int8,
+        torch_window_logits,
+    )
+    from training.finetune.model import load_model
+    from training.finetune.model_card import render_model_card
+
+    info = _read_run(opts.run)
+    args = info["args"]
+    threads = opts.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    data_dir = opts.data or Path(args["data"])
+    splits = read_splits(data_dir)
+    dev: Split = splits["dev"]
+    test: Split | None = splits.get("test")
+    base_policy = load_policy(opts.policy) if opts.policy else load_policy()
+    trained = np.array([s in info["summary"]["trained_categories"] for s in CATEGORY_SLUGS])
+    name = opts.name or opts.out.name
+    version = opts.version or datetime.now(UTC).strftime("%Y.%m.%d")
+    method = opts.calibration or args.get("calibration", "platt")
+
+    model, tokenizer, meta = load_model(opts.run / "model", attn_implementation="eager")
+    pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    prefix = str(meta.get("text_prefix", ""))
+    windower = WindowTokenizer(tokenizer.backend_tokenizer, int(args["max_length"]), int(args["window_stride"]), pad_id,
+                               text_prefix=prefix)
+
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{opts.out.name}.", dir=opts.out.parent))
+    try:
+        fp32_path = stage / "model.fp32.onnx"
+        export_onnx(model, fp32_path, pad_id)
+        quantize_int8(fp32_path, stage / MODEL_FILE)
+        fp32 = ort_session(fp32_path, threads)
+        int8 = ort_session(stage / MODEL_FILE, threads)
+
+        # Parity 1: fp32 ONNX vs torch, window by window, on dev texts (longest first, so windowing is covered).
+        by_len = sorted(range(len(dev)), key=lambda i: -len(dev.texts[i]))
+        parity_idx = sorted(set(by_len[: PARITY_TEXTS // 4]) | set(range(0, len(dev), max(1, len(dev) // PARITY_TEXTS))))
+        parity_texts = [dev.normalized[i] for i in parity_idx]
+        torch_w = torch_window_logits(model, windower, parity_texts, opts.batch_size)
+        _, fp32_w = onnx_window_logits(fp32, windower, parity_texts, opts.batch_size)
+
+        # Score dev (and test) with both ONNX models; calibrate and choose thresholds on the INT8 scores.
+        dev_int8, _ = onnx_window_logits(int8, windower, dev.normalized, opts.batch_size, opts.show_progress, "dev int8")
+        dev_fp32, _ = onnx_window_logits(fp32, windower, dev.normalized, opts.batch_size, opts.show_progress, "dev fp32")
+        calibration = fit_calibration(dev_int8, dev.labels, trained, method)
+        dev_probs = apply_calibration(dev_int8, calibration)
+        points = choose_operating_points(dev_probs, dev.labels, trained, base_policy)
+        policy = apply_operating_points(base_policy, points, version=f"{base_policy.version}+{name}.{version}")
+
+        cal_probs_torch = apply_calibration(torch_w, calibration)
+        cal_probs_fp32 = apply_calibration(fp32_w, calibration)
+        fp32_diff = max(max_prob_diff(torch_w, fp32_w), float(np.max(np.abs(cal_probs_torch - cal_probs_fp32))))
+        dev_probs_fp32 = apply_calibration(dev_fp32, calibration)
+        agree = float(np.mean(decisions(dev_probs, policy, trained) == decisions(dev_probs_fp32, policy, trained)))
+        f1_int8 = split_metrics(dev_probs, dev.labels, points)["macro_f1"]
+        f1_fp32 = split_metrics(dev_probs_fp32, dev.labels, points)["macro_f1"]
+        parity = {
+            "fp32_vs_torch_max_abs_prob_diff": fp32_diff,
+            "fp32_vs_torch_windows": len(torch_w),
+            "int8_vs_fp32_decision_agreement": round(agree, 4),
+            "int8_macro_f1_dev": f1_int8,
+            "fp32_macro_f1_dev": f1_fp32,
+            "int8_macro_f1_drop": round(f1_fp32 - f1_int8, 4),
+            "dev_texts": len(dev),
+        }
+        failures = []
+        if fp32_diff > MAX_FP32_PROB_DIFF:
+            failures.append(f"fp32 ONNX differs from torch by {fp32_diff:.2e} > {MAX_FP32_PROB_DIFF:g}")
+        if agree < MIN_INT8_AGREEMENT:
+            failures.append(f"INT8 decisions agree with fp32 on {agree:.2%} < {MIN_INT8_AGREEMENT:.0%} of dev")
+        if f1_fp32 - f1_int8 > MAX_INT8_F1_DROP:
+            failures.append(f"INT8 loses {100 * (f1_fp32 - f1_int8):.2f} macro-F1 points > {100 * MAX_INT8_F1_DROP:g}")
+        parity["passed"] = not failures
+        if failures and not opts.allow_parity_failure:
+            raise ExportError("parity check failed: " + "; ".join(failures))
+
+        metrics: dict[str, Any] = {
+            "model": {"name": name, "version": version, "base_encoder": args["base"], "quantization": "int8"},
+            "dev": split_metrics(dev_probs, dev.labels, points),
+        }
+        if test is not None:
+            test_int8, _ = onnx_window_logits(int8, windower, test.normalized, opts.batch_size, opts.show_progress,
+                                              "test int8")
+            metrics["test"] = split_metrics(apply_calibration(test_int8, calibration), test.labels, points)
+        metrics["operating_points"] = points_as_dicts(points)
+        metrics["parity"] = parity
+        metrics["speed"] = _throughput(int8, windower, dev.texts)
+        metrics["training"] = {k: info.get(k) for k in ("train_samples_per_second", "dev_macro_f1", "test_macro_f1")}
+        metrics["training"].update({k: info["summary"].get(k) for k in
+                                    ("device", "train_rows", "train_rows_available", "trained_categories",
+                                     "untrained_categories", "freeze_embeddings", "trainable_parameters")})
+        metrics["training"]["steps"] = info.get("state", {}).get("global_step")
+        metrics["training"]["stop_reason"] = info.get("state", {}).get("stop_reason")
+        if opts.baseline:
+            metrics["baseline"] = _baseline_metrics(opts.baseline)
+
+        fp32_path.unlink()
+        (stage / TOKENIZER_FILE).write_text(tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
+        (stage / POLICY_FILE).write_text(
+            "# Thresholds chosen on dev by `shenhe export` (see metrics.json: operating_points).\n" + policy.to_yaml(),
+            encoding="utf-8")
+        (stage / METRICS_FILE).write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        sources = describe_sources(data_dir, info["summary"].get("sources", {}))
+        manifest_kwargs = dict(
+            name=name, version=version, created=datetime.now(UTC).isoformat(timespec="seconds"),
+            base_encoder=str(args["base"]), max_length=int(args["max_length"]),
+            window_stride=int(args["window_stride"]), pad_token_id=pad_id, text_prefix=prefix, slugs=CATEGORY_SLUGS,
+            trained_categories=tuple(s for s, t in zip(CATEGORY_SLUGS, trained, strict=True) if t),
+            calibration=calibration, data_sources=tuple(sources),
+            metrics={"dev_macro_f1": metrics["dev"]["macro_f1"],
+                     "test_macro_f1": metrics.get("test", {}).get("macro_f1"),
+                     "baseline_test_macro_f1": metrics.get("baseline", {}).get("test_macro_f1"),
+                     "int8_vs_fp32_decision_agreement": parity["int8_vs_fp32_decision_agreement"]},
+        )
+        card = render_model_card(manifest=BundleManifest(files={}, **manifest_kwargs), policy=policy,
+                                 metrics=metrics, sources=sources)
+        (stage / CARD_FILE).write_text(card, encoding="utf-8")
+        files = file_hashes(stage, (MODEL_FILE, TOKENIZER_FILE, POLICY_FILE, METRICS_FILE, CARD_FILE))
+        write_manifest(stage, BundleManifest(files=files, **manifest_kwargs))
+        load_bundle(stage)  # the bundle must load exactly as the predictor will load it
+
+        if opts.out.exists():
+            old = opts.out.with_name(f".{opts.out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(opts.out, old)
+            os.replace(stage, opts.out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, opts.out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    return opts.out
+
+
+def _baseline_metrics(run: Path) -> dict[str, Any]:
+    p = run / "metrics.json"
+    if not p.is_file():
+        raise ExportError(f"{run}: no metrics.json (train it with `shenhe train --arch tfidf --out {run}`)")
+    m = json.loads(p.read_text(encoding="utf-8"))
+    return {
+        "run": str(run),
+        "model": m.get("model", "tfidf"),
+        "dev_macro_f1": m.get("dev", {}).get("macro_f1"),
+        "test_macro_f1": m.get("test", {}).get("macro_f1"),
+        "test_per_category": {k: (v.get("f1") or {}).get("f1") for k, v in m.get("test", {}).get("per_category", {}).items()
+                              if v.get("trained")},
+    }

@@ -1,0 +1,498 @@
+"""Fine-tuning loop: length-grouped batches, masked BCE, dev evaluation, early stopping, resumable checkpoints.
+
+Run directory (``runs/NAME``):
+- ``run.json``: the arguments, data summary, trained categories and, at the end, the results;
+- ``train.log``: one line per logged step and evaluation;
+- ``checkpoint.pt``: the latest checkpoint (trainable weights, optimizer, position in the epoch, RNG),
+  replaced atomically every ``save_every_steps`` so a run killed at any point continues with ``--resume``;
+- ``best.safetensors``: the trainable weights of the best evaluation so far;
+- ``model/``: the final (best) full model; ``logits/``: dev and test text-level logits;
+  ``calibration.json``, ``policy.yaml``, ``metrics.json``: calibration and thresholds fitted on dev.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.policy import CATEGORY_SLUGS, load_policy
+from models.windowing import Window, WindowTokenizer, length_sorted_batches, max_over_windows, pad_batch
+from training.finetune.args import TrainingArguments
+from training.finetune.calibrate import apply_calibration, fit_calibration
+from training.finetune.dataset import (
+    Split,
+    eval_subsample,
+    length_grouped_batches,
+    pos_weights,
+    read_splits,
+    subsample,
+)
+from training.finetune.errors import TrainError
+from training.finetune.model import MultiLabelClassifier, freeze, load_base, save_model
+from training.finetune.thresholds import (
+    apply_operating_points,
+    best_f1_macro,
+    choose_operating_points,
+    points_as_dicts,
+    split_metrics,
+)
+
+RUN_FILE = "run.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+BEST_FILE = "best.safetensors"
+LOG_FILE = "train.log"
+MODEL_DIR = "model"
+LOGITS_DIR = "logits"
+
+log = logging.getLogger("shenhe.train")
+
+
+@dataclass
+class TrainState:
+    """Where the run is; saved in every checkpoint."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0  # the next batch to run in this epoch
+    global_step: int = 0
+    samples_seen: int = 0
+    train_seconds: float = 0.0  # pure optimisation time (for samples/s)
+    elapsed_seconds: float = 0.0  # training-loop wall time, summed over resumes (for the time budget)
+    best_metric: float = -1.0
+    best_step: int = -1
+    evals_without_improvement: int = 0
+    last_eval_step: int = -1
+    stop_reason: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def _setup_logging(out: Path) -> logging.Handler:
+    handler = logging.FileHandler(out / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return handler
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.inference_mode()
+def text_logits(model: MultiLabelClassifier, windower: WindowTokenizer, normalized: list[str], batch_size: int,
+                device: torch.device, progress: bool = False, desc: str = "eval") -> np.ndarray:
+    """Text-level logits [n, 9]: every window scored, maximum over a text's windows."""
+    was_training = model.training
+    model.eval()
+    windows: list[Window] = windower.windows(normalized)
+    out = np.zeros((len(windows), len(CATEGORY_SLUGS)), dtype=np.float32)
+    batches = list(length_sorted_batches(windows, batch_size))
+    it: Any = batches
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(batches, desc=desc, unit="batch", leave=False)
+    for batch in it:
+        ids, mask = pad_batch([windows[i] for i in batch], windower.pad_token_id)
+        logits = model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+        out[batch] = logits.float().cpu().numpy()
+    if was_training:
+        model.train()
+    best, _ = max_over_windows(out, windows, len(normalized))
+    return best.astype(np.float32)
+
+
+class Trainer:
+    def __init__(self, args: TrainingArguments, resume: bool = False, show_progress: bool = True) -> None:
+        self.args = args
+        self.resume = resume
+        self.show_progress = show_progress
+        self.out = args.out
+        self.device = pick_device(args.device)
+        self.state = TrainState()
+
+    # -- setup ---------------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        a = self.args
+        torch.manual_seed(a.seed)
+        np.random.seed(a.seed)
+        threads = a.threads or default_threads()
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads)
+        self.freeze_embeddings = a.freeze_embeddings if a.freeze_embeddings is not None else self.device.type == "cpu"
+
+        splits = read_splits(a.data)
+        full_train = splits["train"]
+        counts = full_train.labels.sum(axis=0)
+        self.trained = counts >= max(1, a.min_train_positives)
+        if not self.trained.any():
+            raise TrainError(f"{a.data}/train.jsonl: no category has {a.min_train_positives}+ positive rows")
+        self.train_split = subsample(full_train, a.max_train_samples, a.max_per_source, a.rare_category_rows, a.seed)
+        self.dev_split: Split = splits["dev"]
+        self.test_split: Split | None = splits.get("test")
+        self.dev_eval = eval_subsample(self.dev_split, a.eval_samples, a.seed)
+
+        encoder, self.tokenizer, self.text_prefix = load_base(a.base)
+        pad_id = self.tokenizer.pad_token_id
+        self.windower = WindowTokenizer(self.tokenizer.backend_tokenizer, a.max_length, a.window_stride,
+                                        pad_token_id=0 if pad_id is None else int(pad_id),
+                                        text_prefix=self.text_prefix)
+        self.model = MultiLabelClassifier(encoder, dropout=a.dropout, pooling=a.pooling)
+        freeze(self.model, self.freeze_embeddings, a.freeze_layers)
+        self.model.to(self.device)
+
+        log.info("normalising and tokenising %d train rows", len(self.train_split))
+        windows = self.windower.first_windows(self.train_split.normalized)
+        self.train_ids = [w.ids for w in windows]
+        self.train_lengths = [len(w.ids) for w in windows]
+        self.labels = torch.from_numpy(self.train_split.labels)
+        self.pos_weight = torch.from_numpy(pos_weights(self.train_split.labels, a.pos_weight_power, a.pos_weight_max))
+        self.loss_mask = torch.from_numpy(self.trained.astype(np.float32))
+        self.batches_per_epoch = math.ceil(len(self.train_split) / a.batch_size)
+        planned = a.epochs * self.batches_per_epoch
+        self.total_steps = min(planned, a.max_steps) if a.max_steps else planned
+
+        decay, no_decay = [], []
+        for name, p in self.model.encoder.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
+        groups = [
+            {"params": decay, "lr": a.learning_rate, "weight_decay": a.weight_decay},
+            {"params": no_decay, "lr": a.learning_rate, "weight_decay": 0.0},
+            {"params": list(self.model.head.parameters()), "lr": a.head_learning_rate, "weight_decay": 0.0},
+        ]
+        groups = [g for g in groups if g["params"]]
+        self.base_lrs = [g["lr"] for g in groups]
+        self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), eps=1e-8)
+
+        n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        n_total = sum(p.numel() for p in self.model.parameters())
+        self.summary = {
+            "device": str(self.device),
+            "text_prefix": self.text_prefix,
+            "threads": threads if self.device.type == "cpu" else None,
+            "freeze_embeddings": self.freeze_embeddings,
+            "trainable_parameters": n_trainable,
+            "parameters": n_total,
+            "train_rows": len(self.train_split),
+            "train_rows_available": len(full_train),
+            "dev_rows": len(self.dev_split),
+            "dev_eval_rows": len(self.dev_eval),
+            "test_rows": len(self.test_split) if self.test_split is not None else 0,
+            "trained_categories": [s for s, t in zip(CATEGORY_SLUGS, self.trained, strict=True) if t],
+            "untrained_categories": [s for s, t in zip(CATEGORY_SLUGS, self.trained, strict=True) if not t],
+            "train_positives": {s: int(v) for s, v in zip(CATEGORY_SLUGS, self.train_split.labels.sum(axis=0), strict=True)},
+            "dev_positives": self.dev_split.positives(),
+            "pos_weight": {s: round(float(v), 3) for s, v in zip(CATEGORY_SLUGS, self.pos_weight, strict=True)},
+            "sources": {name: sp.source_counts() for name, sp in
+                        (("train", self.train_split), ("dev", self.dev_split), ("test", self.test_split)) if sp is not None},
+            "batches_per_epoch": self.batches_per_epoch,
+            "planned_steps": self.total_steps,
+            "max_train_length": max(self.train_lengths) if self.train_lengths else 0,
+            "mean_train_length": round(float(np.mean(self.train_lengths)), 1) if self.train_lengths else 0.0,
+        }
+
+    # -- schedule ------------------------------------------------------------------------------------
+
+    def _progress(self) -> float:
+        """Fraction of the run done: by steps, or by the time budget if that comes first."""
+        p = self.state.global_step / max(1, self.total_steps)
+        if self.args.time_budget_minutes:
+            p = max(p, self.state.elapsed_seconds / (60.0 * self.args.time_budget_minutes))
+        return min(1.0, p)
+
+    def _lr_factor(self) -> float:
+        p, w = self._progress(), self.args.warmup_ratio
+        if w > 0 and p < w:
+            return max(p / w, 0.01)
+        return max(0.0, (1.0 - p) / (1.0 - w))
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        _atomic_torch_save({
+            "trainable": {k: v.detach().cpu() for k, v in trainable_state(self.model).items()},
+            "optimizer": self.optimizer.state_dict(),
+            "state": self.state.to_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }, self.out / CHECKPOINT_FILE)
+
+    def _restore(self) -> None:
+        path = self.out / CHECKPOINT_FILE
+        if not path.is_file():
+            log.info("no checkpoint in %s: starting from step 0", self.out)
+            return
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        own = trainable_state(self.model)
+        if set(ckpt["trainable"]) != set(own):
+            raise TrainError(f"{path}: trainable parameters differ from this run's model (different freeze settings?)")
+        with torch.no_grad():
+            for k, p in own.items():
+                p.copy_(ckpt["trainable"][k].to(p.device))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.state = TrainState(**ckpt["state"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        log.info("resumed at step %d (epoch %d, batch %d)", self.state.global_step, self.state.epoch,
+                 self.state.batch_in_epoch)
+
+    def _save_best(self) -> None:
+        _atomic_safetensors(trainable_state(self.model), self.out / BEST_FILE)
+
+    def _load_best(self) -> None:
+        from safetensors.torch import load_file
+
+        path = self.out / BEST_FILE
+        if not path.is_file():
+            return
+        best = load_file(str(path))
+        with torch.no_grad():
+            for k, p in trainable_state(self.model).items():
+                p.copy_(best[k].to(p.device))
+
+    # -- evaluation ----------------------------------------------------------------------------------
+
+    def _evaluate(self, reason: str) -> bool:
+        """Evaluate on the dev subsample; True when training should stop early."""
+        t0 = time.perf_counter()
+        logits = text_logits(self.model, self.windower, self.dev_eval.normalized, self.args.eval_batch_size,
+                             self.device, progress=self.show_progress, desc="dev eval")
+        metric = best_f1_macro(logits, self.dev_eval.labels, self.trained)
+        s = self.state
+        s.last_eval_step = s.global_step
+        improved = metric > s.best_metric + 1e-6
+        if improved:
+            s.best_metric, s.best_step, s.evals_without_improvement = metric, s.global_step, 0
+            self._save_best()
+        else:
+            s.evals_without_improvement += 1
+        s.history.append({"step": s.global_step, "epoch": s.epoch, "dev_macro_f1": round(metric, 4),
+                          "reason": reason, "seconds": round(time.perf_counter() - t0, 1)})
+        log.info("eval (%s) step %d: dev macro-F1 (best threshold, %d texts) %.4f%s", reason, s.global_step,
+                 len(self.dev_eval), metric, " (best)" if improved else f" (best {s.best_metric:.4f} @ {s.best_step})")
+        return s.evals_without_improvement >= self.args.early_stopping_patience
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def _step(self, batch: list[int]) -> float:
+        ids_np, mask_np = pad_batch([Window(0, self.train_ids[i], 0, 0) for i in batch], self.windower.pad_token_id)
+        ids = torch.from_numpy(ids_np).to(self.device)
+        mask = torch.from_numpy(mask_np).to(self.device)
+        y = self.labels[batch].to(self.device)
+        factor = self._lr_factor()
+        for g, lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            g["lr"] = lr * factor
+        logits = self.model(ids, mask)
+        per = nn.functional.binary_cross_entropy_with_logits(
+            logits, y, pos_weight=self.pos_weight.to(self.device), reduction="none")
+        cat_mask = self.loss_mask.to(self.device)
+        loss = (per * cat_mask).sum() / (cat_mask.sum() * len(batch))  # untrained categories are masked
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.args.grad_clip:
+            nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.args.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def _budget_spent(self) -> bool:
+        a, s = self.args, self.state
+        if a.max_steps and s.global_step >= a.max_steps:
+            s.stop_reason = f"max_steps {a.max_steps}"
+            return True
+        if a.time_budget_minutes and s.elapsed_seconds >= 60.0 * a.time_budget_minutes:
+            s.stop_reason = f"time budget {a.time_budget_minutes:g} min"
+            return True
+        return False
+
+    def _loop(self) -> None:
+        from tqdm import tqdm
+
+        a, s = self.args, self.state
+        bar = tqdm(total=self.total_steps, initial=min(s.global_step, self.total_steps), unit="step",
+                   desc="train", disable=not self.show_progress, dynamic_ncols=True)
+        window_loss: list[float] = []
+        window_samples, window_time = 0, 0.0
+        stop = bool(s.stop_reason)
+        while s.epoch < a.epochs and not stop:
+            batches = length_grouped_batches(self.train_lengths, a.batch_size, a.seed + s.epoch)
+            while s.batch_in_epoch < len(batches):
+                if self._budget_spent():
+                    stop = True
+                    break
+                batch = batches[s.batch_in_epoch]
+                t0 = time.perf_counter()
+                loss = self._step(batch)
+                dt = time.perf_counter() - t0
+                s.batch_in_epoch += 1
+                s.global_step += 1
+                s.samples_seen += len(batch)
+                s.train_seconds += dt
+                s.elapsed_seconds += dt
+                window_loss.append(loss)
+                window_samples += len(batch)
+                window_time += dt
+                bar.update(1)
+                if s.global_step % a.log_every_steps == 0:
+                    sps = window_samples / max(window_time, 1e-9)
+                    bar.set_postfix(loss=f"{np.mean(window_loss):.4f}", sps=f"{sps:.1f}", epoch=s.epoch)
+                    log.info("step %d epoch %d loss %.4f lr %.2e samples/s %.1f", s.global_step, s.epoch,
+                             float(np.mean(window_loss)), self.optimizer.param_groups[0]["lr"], sps)
+                    window_loss, window_samples, window_time = [], 0, 0.0
+                if a.eval_every_steps and s.global_step % a.eval_every_steps == 0:
+                    t1 = time.perf_counter()
+                    if self._evaluate("steps"):
+                        s.stop_reason = f"early stopping: {a.early_stopping_patience} evaluations without improvement"
+                        stop = True
+                    s.elapsed_seconds += time.perf_counter() - t1
+                if s.global_step % a.save_every_steps == 0 or stop:
+                    self._checkpoint()
+                if stop:
+                    break
+            if stop:
+                break
+            s.epoch += 1
+            s.batch_in_epoch = 0
+            if s.last_eval_step != s.global_step:
+                t1 = time.perf_counter()
+                if self._evaluate(f"epoch {s.epoch}"):
+                    s.stop_reason = f"early stopping: {a.early_stopping_patience} evaluations without improvement"
+                    stop = True
+                s.elapsed_seconds += time.perf_counter() - t1
+            self._checkpoint()
+        bar.close()
+        if not s.stop_reason:
+            s.stop_reason = f"{a.epochs} epochs done"
+        if s.last_eval_step != s.global_step and s.global_step > 0:
+            self._evaluate("final")
+        self._checkpoint()
+
+    # -- the end: full dev/test, calibration, thresholds ---------------------------------------------
+
+    def _finish(self) -> dict[str, Any]:
+        a = self.args
+        self._load_best()
+        model_dir = self.out / MODEL_DIR
+        save_model(self.model, self.tokenizer, model_dir, extra={
+            "max_length": a.max_length, "window_stride": a.window_stride, "base_encoder": a.base,
+            "text_prefix": self.text_prefix,
+            "trained_categories": self.summary["trained_categories"],
+        })
+        logits_dir = self.out / LOGITS_DIR
+        logits_dir.mkdir(exist_ok=True)
+        results: dict[str, np.ndarray] = {}
+        for split in (self.dev_split, self.test_split):
+            if split is None:
+                continue
+            log.info("scoring full %s (%d texts)", split.name, len(split))
+            lg = text_logits(self.model, self.windower, split.normalized, a.eval_batch_size, self.device,
+                             progress=self.show_progress, desc=f"{split.name}")
+            np.save(logits_dir / f"{split.name}.npy", lg)
+            results[split.name] = lg
+        policy = load_policy()
+        calibration = fit_calibration(results["dev"], self.dev_split.labels, self.trained, a.calibration)
+        dev_probs = apply_calibration(results["dev"], calibration)
+        points = choose_operating_points(dev_probs, self.dev_split.labels, self.trained, policy)
+        tuned = apply_operating_points(policy, points)
+        metrics: dict[str, Any] = {"model": "bert", "base_encoder": a.base,
+                                   "dev": split_metrics(dev_probs, self.dev_split.labels, points)}
+        if self.test_split is not None:
+            test_probs = apply_calibration(results["test"], calibration)
+            metrics["test"] = split_metrics(test_probs, self.test_split.labels, points)
+        metrics["operating_points"] = points_as_dicts(points)
+        _write_json(self.out / "calibration.json", {k: v.model_dump() for k, v in calibration.items()})
+        (self.out / "policy.yaml").write_text(tuned.to_yaml(), encoding="utf-8")
+        _write_json(self.out / "metrics.json", metrics)
+        return metrics
+
+    def run(self) -> dict[str, Any]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        handler = _setup_logging(self.out)
+        try:
+            run_file = self.out / RUN_FILE
+            if not self.resume and (self.out / CHECKPOINT_FILE).exists():
+                raise TrainError(f"{self.out} already holds a run: continue it with --resume, or choose another --out")
+            log.info("run %s: base %s, data %s, device %s", self.out, self.args.base, self.args.data, self.device)
+            self._prepare()
+            if self.resume:
+                self._restore()
+                # A larger budget or more epochs on resume continue a finished run; early stopping stays final.
+                if not self.state.stop_reason.startswith("early stopping"):
+                    self.state.stop_reason = ""
+            info = {"arch": "bert", "status": "training", "args": self.args.to_json(), "summary": self.summary}
+            _write_json(run_file, info)
+            log.info("summary %s", json.dumps(self.summary, ensure_ascii=False))
+            self._loop()
+            s = self.state
+            sps = s.samples_seen / s.train_seconds if s.train_seconds else 0.0
+            log.info("stopped: %s after %d steps (%d samples, %.1f samples/s, best dev macro-F1 %.4f at step %d)",
+                     s.stop_reason, s.global_step, s.samples_seen, sps, s.best_metric, s.best_step)
+            metrics = self._finish()
+            info.update(status="done", state=s.to_dict(), train_samples_per_second=round(sps, 2),
+                        dev_macro_f1=metrics["dev"]["macro_f1"],
+                        test_macro_f1=metrics.get("test", {}).get("macro_f1"))
+            _write_json(run_file, info)
+            log.info("done: dev macro-F1 %.4f%s", metrics["dev"]["macro_f1"],
+                     f", test macro-F1 {metrics['test']['macro_f1']:.4f}" if "test" in metrics else "")
+            return info
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def train(args: TrainingArguments, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    return Trainer(args, resume=resume, show_progress=show_progress).run()
+
+
+def load_run_args(out: Path) -> TrainingArguments:
+    run_file = out / RUN_FILE
+    if not run_file.is_file():
+        raise TrainError(f"{out}: no {RUN_FILE} to resume from")
+    return TrainingArguments.from_json(json.loads(run_file.read_text(encoding="utf-8"))["args"])
