@@ -1,0 +1,110 @@
+"""Serving configuration: one typed object read from ``SHENHE_*`` environment variables.
+
+`shenhe serve` turns its command-line options into these variables before it starts BentoML, so the
+CLI, ``bentoml serve serving.service:Shenhe`` and every worker process read the same settings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+# Hard limits of the API contract (not configurable: clients rely on them).
+MAX_ITEMS = 256
+MAX_ID_CHARS = 256
+DEFAULT_DB_PATH = Path("var") / "shenhe.db"
+
+ENV_PREFIX = "SHENHE_"
+_ENV_FIELDS = {
+    "bundle": "SHENHE_BUNDLE",
+    "policy": "SHENHE_POLICY",
+    "db_url": "SHENHE_DB_URL",
+    "keys_file": "SHENHE_KEYS_FILE",
+    "max_text_chars": "SHENHE_MAX_TEXT_CHARS",
+    "log_texts": "SHENHE_LOG_TEXTS",
+    "host": "SHENHE_HOST",
+    "port": "SHENHE_PORT",
+    "workers": "SHENHE_WORKERS",
+    "ort_threads": "SHENHE_ORT_THREADS",
+    "adaptive_batching": "SHENHE_ADAPTIVE_BATCHING",
+    "batch_max_size": "SHENHE_BATCH_MAX_SIZE",
+    "batch_max_latency_ms": "SHENHE_BATCH_MAX_LATENCY_MS",
+    "lease_seconds": "SHENHE_LEASE_SECONDS",
+    "request_timeout_s": "SHENHE_REQUEST_TIMEOUT_S",
+}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; ``str(err)`` is a one-line reason naming the variable."""
+
+
+def default_db_url(base: Path | None = None) -> str:
+    """SQLite in ``var/shenhe.db`` under ``base`` (default: the current directory)."""
+    path = ((base or Path.cwd()) / DEFAULT_DB_PATH).resolve()
+    return f"sqlite:///{path}"
+
+
+class ServingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bundle: Path | None = None  # None: the predictor's default ($SHENHE_BUNDLE, else models/default)
+    policy: Path | None = None  # an operator policy replacing the bundle's policy.yaml
+    db_url: str = Field(default_factory=default_db_url)
+    keys_file: Path | None = None
+    max_text_chars: int = Field(20_000, ge=1, le=1_000_000)
+    log_texts: bool = False
+    host: str | None = None  # None: 0.0.0.0 when API keys are configured, else 127.0.0.1
+    port: int = Field(3000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    ort_threads: int | None = Field(None, ge=1, le=256)  # onnxruntime intra-op threads per worker
+    # Adaptive batching (BentoML's CorkDispatcher) across concurrent requests; off by default
+    # because it measured slower on this machine (docs/readme/50-serving.md).
+    adaptive_batching: bool = False
+    batch_max_size: int = Field(64, ge=1, le=4096)
+    batch_max_latency_ms: int = Field(2000, ge=10, le=60_000)
+    lease_seconds: int = Field(300, ge=1, le=86_400)
+    request_timeout_s: int = Field(60, ge=1, le=3600)
+
+    @field_validator("db_url")
+    @classmethod
+    def _url_has_scheme(cls, v: str) -> str:
+        if "://" not in v:
+            raise ValueError("expected an SQLAlchemy URL such as sqlite:///var/shenhe.db or postgresql+psycopg://user@host/db")
+        return v
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ServingConfig:
+        """Read ``SHENHE_*`` variables (empty values count as unset); ``overrides`` win."""
+        env = os.environ if env is None else env
+        data: dict[str, object] = {}
+        for field, var in _ENV_FIELDS.items():
+            value = env.get(var, "").strip()
+            if value:
+                data[field] = value
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else "config"
+            where = _ENV_FIELDS.get(field, field)
+            msg = first["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"{where}: {msg} (got {data.get(field)!r})") from None
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that reproduce this config in another process."""
+        out: dict[str, str] = {}
+        for field, var in _ENV_FIELDS.items():
+            value = getattr(self, field)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                out[var] = "1" if value else "0"
+            elif isinstance(value, Path):
+                out[var] = str(value.resolve())
+            else:
+                out[var] = str(value)
+        return out
