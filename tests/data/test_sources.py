@@ -172,3 +172,19 @@ def test_extra_rows_keep_their_source_unless_it_names_a_public_source(tmp_path: 
 def test_record_rejects_unknown_slug() -> None:
     with pytest.raises(ValueError, match="unknown category"):
         Record("x:1", "文本", ("spam",), "x")
+
+
+def test_csv_rows_with_wrong_column_count_or_oversized_field_are_malformed(tmp_path: Path) -> None:
+    folder = tmp_path / "SWSR"
+    folder.mkdir()
+    (folder / "SexComment.csv").write_text(
+        "index,weibo_id,comment_text,gender,location,like,date,label,category,target\n"
+        "0,a,女生学理工科也很厉害,女,北京,3,23/08/2018 13:11,0,,\n"
+        "1,b,少了好几列\n"
+        "2,c,多了一列,女,北京,3,23/08/2018 13:11,0,,,extra\n"
+        f'3,d,"{"长" * 140_000}",女,北京,3,23/08/2018 13:11,0,,\n'  # over csv.field_size_limit()
+        "4,e,男生学文科也很好,男,上海,1,23/08/2018 13:12,0,,\n", encoding="utf-8")
+    log = IssueLog()
+    rows = list(swsr.load(tmp_path, log))
+    assert [r.id for r in rows] == ["SWSR:0", "SWSR:4"]
+    assert log.malformed["SWSR"] == 3

@@ -45,7 +45,21 @@ def read_csv(path: Path, log: IssueLog, source: str) -> Iterator[tuple[int, dict
     if text is None:
         return
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    yield from enumerate(reader)
+    number = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # NUL byte, oversized field...: skip the line, keep reading
+            log.bad_row(source, f"{path.name}#{number}", f"CSV error: {e}")
+            number += 1
+            continue
+        if None in row or any(value is None for value in row.values()):
+            log.bad_row(source, f"{path.name}#{number}", f"{len(reader.fieldnames or ())} columns expected")
+        else:
+            yield number, row
+        number += 1
 
 
 def read_json(path: Path, log: IssueLog, source: str) -> Any:
