@@ -10,21 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from eval.errors import EvalDataError
+from models.bundle import BundleError
 from models.policy import PolicyError
 from shenhe.errors import cli_errors
 
 _PERTURBATIONS = "spaces,symbols,zero_width,full_width,traditional,homophones"
 
 
-def _bundle_error() -> type[Exception]:
-    try:
-        from models.bundle import BundleError
-    except ImportError:  # bundle module not present in this checkout
-        return EvalDataError
-    return BundleError
-
-
-@cli_errors(EvalDataError, PolicyError, _bundle_error())
+@cli_errors(EvalDataError, PolicyError, BundleError)
 def eval_cmd(
     data: Annotated[Path, typer.Option("--data", help="JSONL, one {\"text\", \"labels\" (list of category slugs), \"source\"?, \"id\"?} per line.")],
     out: Annotated[Path, typer.Option("--out", help="Output directory for metrics.json and report.html.")],

@@ -123,7 +123,7 @@ def evaluate(data: EvalSet, run: Scored, *, bundle_dir: str | None = None,
             },
         }
 
-    rule = decide(s, thr.review, thr.block, thr.can_block, run.term_review)
+    rule = decide(s, thr.review, thr.block, thr.can_block, run.term_review, thr.reviewable)
     decisions: dict[str, Any] = _point(flat, "decisions.")
     decisions["counts"] = {name: int((run.decisions == code).sum()) for code, name in enumerate(DECISION_NAMES)}
     # Share of texts where the vectorised rule (used for the operating curve) agrees with the Predictor.

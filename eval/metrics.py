@@ -46,29 +46,39 @@ class Thresholds:
 
     review: np.ndarray  # (9,) float
     block: np.ndarray  # (9,) float
-    can_block: np.ndarray  # (9,) bool
-    trained: np.ndarray  # (9,) bool
+    can_block: np.ndarray  # (9,) bool: policy allows blocking and the bundle was trained on it
+    trained: np.ndarray  # (9,) bool: the policy marks it trained and the bundle has a head for it
+    reviewable: np.ndarray  # (9,) bool: the bundle scores it (untrained categories score 0, never review)
 
     @classmethod
-    def from_policy(cls, policy: Policy) -> Thresholds:
+    def from_policy(cls, policy: Policy, bundle_trained: np.ndarray | None = None) -> Thresholds:
+        """Thresholds as the Predictor applies them; ``bundle_trained`` is the manifest's trained mask
+        (default: the policy's ``trained`` flags)."""
         cats = [policy.category(s) for s in CATEGORY_SLUGS]
+        policy_trained = np.array([c.trained for c in cats], dtype=bool)
+        scored = policy_trained if bundle_trained is None else np.asarray(bundle_trained, dtype=bool)
         return cls(
             review=np.array([c.review_threshold for c in cats], dtype=float),
             block=np.array([c.block_threshold for c in cats], dtype=float),
-            can_block=np.array([c.can_block for c in cats], dtype=bool),
-            trained=np.array([c.trained for c in cats], dtype=bool),
+            can_block=np.array([c.can_block for c in cats], dtype=bool) & scored,
+            trained=policy_trained & scored,
+            reviewable=scored.copy(),
         )
 
 
 def decide(scores: np.ndarray, review: np.ndarray, block: np.ndarray, can_block: np.ndarray,
-           term_review: np.ndarray | None = None) -> np.ndarray:
-    """The policy's decision rule, vectorised (used for the what-if operating curve).
+           term_review: np.ndarray | None = None, reviewable: np.ndarray | None = None) -> np.ndarray:
+    """The Predictor's decision rule, vectorised (used for the what-if operating curve).
 
-    Block when a category that may block reaches its block threshold; else review when any
-    category reaches its review threshold or a ``term_action: review`` word matched; else pass.
-    The report checks that this reproduces the Predictor's own decisions at the policy thresholds."""
+    Block when a category that may block reaches its block threshold; else review when a category
+    the bundle scores reaches its review threshold or a ``term_action: review`` word matched; else
+    pass. The report checks that this reproduces the Predictor's own decisions at the policy
+    thresholds (``decisions.rule_agreement``)."""
     blocked = ((scores >= block) & can_block).any(axis=1)
-    reviewed = (scores >= review).any(axis=1)
+    reach = scores >= review
+    if reviewable is not None:
+        reach &= reviewable
+    reviewed = reach.any(axis=1)
     if term_review is not None:
         reviewed |= term_review
     return np.where(blocked, BLOCK, np.where(reviewed, REVIEW, PASS)).astype(np.int8)
@@ -125,6 +135,10 @@ def ranking_metrics(y: np.ndarray, s: np.ndarray, W: np.ndarray) -> tuple[np.nda
     ROC-AUC counts tied positive/negative pairs as one half and is NaN when a row has one class
     only; average precision is scikit-learn's step-wise sum over distinct scores of
     (recall increase) x (precision at that score), NaN without positives."""
+
+    if len(s) == 0:
+        nan = np.full(W.shape[0], np.nan)
+        return nan, nan.copy()
 
     def one(Wc: np.ndarray) -> np.ndarray:
         wp, wn = _grouped(y, s, Wc)
@@ -302,7 +316,8 @@ def operating_curve(y_true: np.ndarray, scores: np.ndarray, thresholds: Threshol
     n_harmful = max(int(harmful.sum()), 1)
     points = []
     for t in grid:
-        d = decide(scores, np.full(scores.shape[1], t), thresholds.block, thresholds.can_block, term_review)
+        d = decide(scores, np.full(scores.shape[1], t), thresholds.block, thresholds.can_block, term_review,
+                   thresholds.reviewable)
         points.append({
             "review_threshold": float(t),
             "review_share": float((d == REVIEW).mean()),

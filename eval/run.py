@@ -94,9 +94,12 @@ def _perturbed_runs(predictor: PredictorLike, data: EvalSet, cfg: EvalConfig, la
     return runs
 
 
-def run_eval(cfg: EvalConfig, factory: PredictorFactory = _default_factory,
+def run_eval(cfg: EvalConfig, factory: PredictorFactory | None = None,
              baseline_loader: Callable[[Path], Any] | None = None) -> EvalResult:
+    """Everything `shenhe eval` does. ``factory(bundle, policy, threads)`` makes a predictor
+    (default: the bundle's onnxruntime Predictor); ``baseline_loader(run_dir)`` a TF-IDF scorer."""
     _validate(cfg)
+    factory = factory or _default_factory
     timings: dict[str, float] = {}
     data = read_eval_file(cfg.data)  # bad data fails before any model loads
     population = data.n

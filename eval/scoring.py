@@ -61,7 +61,15 @@ def load_predictor(bundle_dir: str | Path, policy: str | Path | None = None,
     return Predictor(bundle_dir, policy=policy, intra_op_threads=threads)
 
 
-def from_predictions(predictions: Sequence[Prediction], policy: Policy) -> Scored:
+def bundle_trained_mask(predictor: object) -> np.ndarray | None:
+    """The bundle's trained-category mask, when the predictor exposes its manifest."""
+    manifest = getattr(predictor, "manifest", None)
+    mask = getattr(manifest, "trained_mask", None)
+    return None if mask is None else np.asarray(mask, dtype=bool)
+
+
+def from_predictions(predictions: Sequence[Prediction], policy: Policy,
+                     bundle_trained: np.ndarray | None = None) -> Scored:
     """Arrays from Predictor output (the decision is the Predictor's, not recomputed here)."""
     if not predictions:
         raise ValueError("no predictions")
@@ -79,7 +87,7 @@ def from_predictions(predictions: Sequence[Prediction], policy: Policy) -> Score
     return Scored(
         name=first.model.name, version=first.model.version, policy_name=policy.name,
         policy_version=first.policy_version, scores=scores, decisions=decisions, term_review=term_review,
-        thresholds=Thresholds.from_policy(policy), top_category=top,
+        thresholds=Thresholds.from_policy(policy, bundle_trained), top_category=top,
     )
 
 
@@ -97,4 +105,4 @@ def score_texts(predictor: PredictorLike, texts: Sequence[str], *, description: 
             chunk = list(texts[start : start + PREDICT_CHUNK])
             predictions.extend(predictor.predict(chunk, batch_size=batch_size))
             progress.advance(task, len(chunk))
-    return from_predictions(predictions, predictor.policy)
+    return from_predictions(predictions, predictor.policy, bundle_trained_mask(predictor))

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from eval.data import EvalSet, read_eval_file
-from eval.metrics import Thresholds
 from eval.scoring import Scored, from_predictions
 from models.normalize import normalize_text
 from models.policy import CATEGORY_SLUGS, Policy, load_policy
@@ -36,11 +35,6 @@ def hand8_scores() -> np.ndarray:
     s[:, INSULT] = HAND8_INSULT
     s[:, RUMOR] = HAND8_RUMOR
     return s
-
-
-def uniform_thresholds(review: float = 0.5, block: float = 0.9) -> Thresholds:
-    trained = np.array([slug != "constitution" for slug in CATEGORY_SLUGS])
-    return Thresholds(review=np.full(9, review), block=np.full(9, block), can_block=trained.copy(), trained=trained)
 
 
 class FakePredictor:
@@ -75,7 +69,7 @@ class FakePredictor:
                 if s[j] >= cat.block_threshold and cat.can_block:
                     reasons.append(Reason(cat.slug, "block", float(s[j]), cat.block_threshold, (0, len(text))))
                     decision = "block"
-                elif s[j] >= cat.review_threshold:
+                elif cat.trained and s[j] >= cat.review_threshold:  # untrained: scored 0, never reviews
                     reasons.append(Reason(cat.slug, "review", float(s[j]), cat.review_threshold, (0, len(text))))
                     decision = "review" if decision == "pass" else decision
             cats = [r.category for r in reasons if r.kind == decision]
@@ -111,3 +105,34 @@ def fake_predictor_cls() -> type[FakePredictor]:
 @pytest.fixture
 def hand8_array() -> np.ndarray:
     return hand8_scores()
+
+
+class FakeBaseline:
+    """A TF-IDF stand-in: the hand8 scores shrunk towards 0 (so it misses what scores under 0.625)."""
+
+    name = "tfidf:fake"
+
+    def __init__(self, table: dict[str, np.ndarray]) -> None:
+        self.table = table
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        return np.array([self.table.get(t, np.zeros(9)) * 0.8 for t in texts])
+
+
+@pytest.fixture(scope="session")
+def full_report(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One complete run on hand8 with --compare, --baseline, --perturb and --prevalence (fake models)."""
+    from eval.run import EvalConfig, run_eval
+
+    data = read_eval_file(HAND8)
+    table = dict(zip(data.texts, hand8_scores(), strict=True))
+
+    def factory(bundle: Path | None, policy: Path | None, threads: int | None) -> FakePredictor:
+        if bundle is not None and bundle.name == "other":
+            return FakePredictor({}, name="keywords", version="0.9")  # keyword rule only
+        return FakePredictor(table)
+
+    out = tmp_path_factory.mktemp("full") / "report"
+    cfg = EvalConfig(data=HAND8, out=out, bundle=Path("this"), compare=Path("other"), baseline=Path("runs/tfidf"),
+                     perturb=True, bootstrap=200, prevalence=0.05, daily_volume=100_000, show_progress=False)
+    return run_eval(cfg, factory=factory, baseline_loader=lambda _: FakeBaseline(table))

@@ -171,11 +171,14 @@ def test_prevalence_reweighting(hand8: EvalSet, hand8_scored: Scored) -> None:
 
 def test_untrained_category_never_blocks() -> None:
     s = np.zeros((2, 9))
-    s[0, 0] = 0.99  # constitution: untrained, may only review
+    s[0, 0] = 0.99  # constitution: untrained
     s[1, 5] = 0.99  # rumor
-    can_block = np.array([False] + [True] * 8)
-    d = decide(s, np.full(9, 0.5), np.full(9, 0.9), can_block)
-    assert d.tolist() == [1, 2]
+    trained = np.array([False] + [True] * 8)
+    d = decide(s, np.full(9, 0.5), np.full(9, 0.9), trained)
+    assert d.tolist() == [1, 2]  # without the reviewable mask, an untrained score could still review
+    d = decide(s, np.full(9, 0.5), np.full(9, 0.9), trained, reviewable=trained)
+    assert d.tolist() == [0, 2]  # the Predictor's rule: untrained categories neither block nor review
+    can_block = trained
     # a term hit with term_action: review lifts a pass to review
     d = decide(np.zeros((1, 9)), np.full(9, 0.5), np.full(9, 0.9), can_block, np.array([True]))
     assert d.tolist() == [1]
