@@ -204,10 +204,13 @@ def _parse_classify(data: Any, config: ServingConfig) -> ClassifyRequest:
             raise ApiError(400, "too_many_items", f"'items' has {n} entries; the limit is {MAX_ITEMS} per request")
     elif not isinstance(data, dict):
         raise ApiError(400, "invalid_request", 'expected a JSON object: {"items": [{"id": "...", "text": "..."}]}')
+    raw_items = data.get("items")
+    for i, item in enumerate(raw_items if isinstance(raw_items, list) else ()):
+        if isinstance(item, dict):  # before validation: pydantic reports lone surrogates as a type error
+            for key in ("id", "text"):
+                _check_unicode(item.get(key) if isinstance(item.get(key), str) else None, f"items[{i}].{key}")
     req: ClassifyRequest = _validate(ClassifyRequest, data)
     for i, item in enumerate(req.items):
-        _check_unicode(item.id, f"items[{i}].id")
-        _check_unicode(item.text, f"items[{i}].text")
         if len(item.text) > config.max_text_chars:
             raise ApiError(400, "text_too_long",
                            f"items[{i}].text has {len(item.text)} characters; the limit is {config.max_text_chars}")

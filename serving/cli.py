@@ -18,6 +18,7 @@ review_app = typer.Typer(help="The human-review queue: export reviewer decisions
                          no_args_is_help=True)
 
 LOOPBACK = "127.0.0.1"
+SERVICE = "serving.service:Shenhe"
 
 
 def _is_loopback(host: str) -> bool:
@@ -103,13 +104,17 @@ def _serve(**options: object) -> None:
           f"review queue {store.describe()}", file=sys.stderr)
     print(f"shenhe: {note}; http://{host}:{config.port}/v1/docs", file=sys.stderr, flush=True)
 
+    # What `bentoml serve serving.service:Shenhe` does, with our host/port/timeout.
     from _bentoml_impl.server import serve_http
     from bentoml._internal.log import configure_server_logging
+    from bentoml._internal.service.loader import load
 
     configure_server_logging()
-    root = Path(__file__).resolve().parent.parent  # the directory holding the serving package
-    serve_http("serving.service:Shenhe", working_dir=str(root), host=host, port=config.port,
-               timeout=config.request_timeout_s)
+    root = str(Path(__file__).resolve().parent.parent)  # the directory holding the serving package
+    if sys.path[0] != root:
+        sys.path.insert(0, root)
+    load(SERVICE, working_dir=root).inject_config()
+    serve_http(SERVICE, working_dir=root, host=host, port=config.port, timeout=config.request_timeout_s)
 
 
 @review_app.command("export")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from models.policy import CATEGORY_SLUGS
 from models.types import Prediction
@@ -115,7 +115,7 @@ class ReviewItemOut(BaseModel):
 class ReviewDecisionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    labels: dict[str, bool] = Field(
+    labels: dict[str, StrictBool] = Field(
         description="category slug -> true when the text belongs to it; omitted categories count as false; "
                     "all false = acceptable text",
         json_schema_extra={"propertyNames": {"enum": list(CATEGORY_SLUGS)}},
