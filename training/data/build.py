@@ -18,7 +18,7 @@ from typing import Any
 
 from models.normalize import normalize_text
 from models.policy import CATEGORY_SLUGS, load_policy
-from training.data.dedup import dedup_key, resolve_labels
+from training.data.dedup import key_of_normalized, resolve_labels
 from training.data.records import NORMAL, SPLITS, IssueLog, Record
 from training.data.sources import ALL_SOURCES, PUBLIC_SOURCES, SEED_SPEC, SourceSpec, get_source
 from training.data.sources.jsonl import EXTRA_ORIGIN, load_extra
@@ -157,11 +157,12 @@ def build(config: BuildConfig, progress: Any = None) -> dict[str, Any]:
                 stats[r.source].untrained_dropped += 1
                 continue
             r = Record(r.id, r.text, kept, r.source, r.meta)
-        key = dedup_key(r.text)
+        norm = normalize_text(r.text)
+        key = key_of_normalized(norm)
         if not key:
             stats[r.source].no_content += 1
             continue
-        norms[r.id] = normalize_text(r.text)
+        norms[r.id] = norm
         groups.setdefault(key, []).append(r)
 
     dev_from_train = {s.name for s in PUBLIC_SOURCES if s.dev_from_train}

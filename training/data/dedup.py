@@ -40,7 +40,12 @@ def _keep(ch: str) -> bool:
 
 def dedup_key(text: str) -> str:
     """The near-duplicate key of ``text`` ('' when nothing but noise is left)."""
-    norm = normalize_text(text).lower()
+    return key_of_normalized(normalize_text(text))
+
+
+def key_of_normalized(normalized: str) -> str:
+    """The dedup key from text already passed through ``normalize_text`` (saves a second pass)."""
+    norm = normalized.lower()
     norm = _URL.sub(" ", norm)
     norm = _MENTION.sub(" ", norm)
     norm = _EMOTICON.sub(" ", norm)

@@ -9,7 +9,7 @@ from typing import Any
 from models.normalize import normalize_text
 from models.policy import CATEGORY_SLUGS
 from training.data.build import iter_jsonl
-from training.data.dedup import dedup_key
+from training.data.dedup import key_of_normalized
 from training.data.records import NORMAL, SPLITS
 
 
@@ -22,8 +22,9 @@ def cross_split_texts(rows: dict[str, list[dict[str, Any]]]) -> list[tuple[str, 
     seen: dict[str, set[str]] = defaultdict(set)
     for split, split_rows in rows.items():
         for row in split_rows:
-            seen["norm:" + normalize_text(row["text"])].add(split)
-            seen["key:" + dedup_key(row["text"])].add(split)
+            norm = normalize_text(row["text"])
+            seen["norm:" + norm].add(split)
+            seen["key:" + key_of_normalized(norm)].add(split)
     return sorted((text, sorted(splits)) for text, splits in seen.items() if len(splits) > 1)
 
 
