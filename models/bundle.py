@@ -163,10 +163,11 @@ def resolve_bundle_dir(path: str | os.PathLike[str] | None = None) -> Path:
 
 def read_manifest(bundle_dir: Path) -> BundleManifest:
     mpath = bundle_dir / MANIFEST_FILE
+    hint = (" (export one with `shenhe export`, or point --bundle / $SHENHE_BUNDLE at a bundle)"
+            if bundle_dir.resolve() == DEFAULT_BUNDLE_DIR else "")
     if not bundle_dir.is_dir():
-        raise BundleError(f"{bundle_dir}: bundle directory not found")
+        raise BundleError(f"{bundle_dir}: bundle directory not found{hint}")
     if not mpath.is_file():
-        hint = " (train and export one: shenhe train, shenhe export)" if bundle_dir == DEFAULT_BUNDLE_DIR else ""
         raise BundleError(f"{bundle_dir}: not a shenhe bundle ({MANIFEST_FILE} missing){hint}")
     try:
         data = json.loads(mpath.read_text(encoding="utf-8"))

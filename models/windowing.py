@@ -49,8 +49,7 @@ class WindowTokenizer:
         # An encoder trained with an input prefix (e5: "passage: ") gets it in every window, right after
         # the leading special token, exactly as tokenising ``text_prefix + text`` would place it.
         self.text_prefix = text_prefix
-        self.prefix_ids: tuple[int, ...] = (
-            tuple(self.tokenizer.encode(text_prefix, add_special_tokens=False).ids) if text_prefix else ())
+        self.prefix_ids = _prefix_ids(self.tokenizer, text_prefix) if text_prefix else ()
         probe = self.tokenizer.encode("x", add_special_tokens=True)
         self._lead = next((k for k, sp in enumerate(probe.special_tokens_mask) if not sp), 1)
         self.n_special = self.tokenizer.num_special_tokens_to_add(is_pair=False) + len(self.prefix_ids)
@@ -90,6 +89,16 @@ class WindowTokenizer:
         if self.prefix_ids:
             ids = [*ids[: self._lead], *self.prefix_ids, *ids[self._lead:]]
         return Window(text_index, tuple(ids), start, end)
+
+
+def _prefix_ids(tokenizer: Tokenizer, prefix: str) -> tuple[int, ...]:
+    """The ids ``prefix`` contributes in front of a text (a trailing space belongs to the text's first token)."""
+    probe = "x"
+    alone = tokenizer.encode(probe, add_special_tokens=False).ids
+    joined = tokenizer.encode(prefix + probe, add_special_tokens=False).ids
+    if len(joined) <= len(alone) or joined[-len(alone):] != alone:
+        raise ValueError(f"text prefix {prefix!r} does not tokenise independently of the text")
+    return tuple(joined[: -len(alone)])
 
 
 def _pad_id(tokenizer: Tokenizer) -> int:

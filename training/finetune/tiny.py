@@ -15,19 +15,34 @@ SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 TEXT_PREFIX = "passage: "
 
 
-def build_tokenizer(texts: Sequence[str], vocab_size: int = 600):  # type: ignore[no-untyped-def]
+def build_tokenizer(texts: Sequence[str], bigrams: int = 200):  # type: ignore[no-untyped-def]
+    """A deterministic unigram tokenizer: every character seen, plus the most frequent character pairs.
+
+    (``UnigramTrainer`` is multi-threaded and not reproducible run to run; tests need the same model.)"""
+    import math
+    from collections import Counter
+
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import Unigram
-    from tokenizers.trainers import UnigramTrainer
 
-    tok = Tokenizer(Unigram())
+    corpus = [TEXT_PREFIX + normalize_text(t) for t in texts] + ["passage: query: 0123456789 abcdefghijklmnopqrstuvwxyz"]
+    chars: Counter[str] = Counter()
+    pairs: Counter[str] = Counter()
+    for line in corpus:
+        for word in line.split():
+            piece = "▁" + word
+            chars.update(piece)
+            pairs.update(piece[i: i + 2] for i in range(len(piece) - 1))
+    total = sum(chars.values()) + sum(pairs.values())
+    vocab = [(tok, 0.0) for tok in SPECIALS]
+    vocab += [(c, math.log(n / total)) for c, n in sorted(chars.items(), key=lambda kv: (-kv[1], kv[0]))]
+    top = sorted(((p, n) for p, n in pairs.items() if n > 1), key=lambda kv: (-kv[1], kv[0]))[:bigrams]
+    vocab += [(p, math.log(n / total) + 1.0) for p, n in top]
+    tok = Tokenizer(Unigram(vocab, unk_id=SPECIALS.index("<unk>"), byte_fallback=False))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, unk_token="<unk>",
-                             shrinking_factor=0.75, n_sub_iterations=2)
-    corpus = [TEXT_PREFIX + normalize_text(t) for t in texts] + ["passage: query: 0123456789 abc ABC"]
-    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.add_special_tokens(SPECIALS)
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>", special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
     return tok

@@ -356,6 +356,7 @@ class Trainer:
         from tqdm import tqdm
 
         a, s = self.args, self.state
+        self.model.train()  # from_pretrained returns the encoder in eval mode (dropout off)
         bar = tqdm(total=self.total_steps, initial=min(s.global_step, self.total_steps), unit="step",
                    desc="train", disable=not self.show_progress, dynamic_ncols=True)
         window_loss: list[float] = []

@@ -1,0 +1,121 @@
+"""Training: masked categories, resumable at any step (same weights as an uninterrupted run), clean errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.finetune.dataset import length_grouped_batches, pos_weights, read_split, subsample
+
+DATA = Path(__file__).parent / "data"
+
+
+def _args(encoder: Path, out: Path, **kw):  # type: ignore[no-untyped-def]
+    from training.finetune.args import TrainingArguments
+
+    base = dict(base=str(encoder), data=DATA, out=out, epochs=2, max_steps=8, batch_size=8, eval_batch_size=16,
+                learning_rate=1e-3, head_learning_rate=1e-2, max_length=48, window_stride=8, eval_every_steps=3,
+                eval_samples=None, save_every_steps=2, threads=1, device="cpu", min_train_positives=2,
+                early_stopping_patience=100)
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def test_run_records_trained_categories_and_results(tiny_run: Path) -> None:
+    info = json.loads((tiny_run / "run.json").read_text(encoding="utf-8"))
+    s = info["summary"]
+    assert info["status"] == "done"
+    assert set(s["untrained_categories"]) == {"constitution", "national_security", "national_honor", "religion_cult"}
+    assert "insult_defamation" in s["trained_categories"]
+    assert info["state"]["global_step"] == 12 and info["state"]["stop_reason"] == "max_steps 12"
+    assert info["train_samples_per_second"] > 0
+    assert (tiny_run / "train.log").read_text(encoding="utf-8").count("samples/s") >= 1
+    for name in ("model/classifier.json", "model/head.safetensors", "logits/dev.npy", "logits/test.npy",
+                 "calibration.json", "policy.yaml", "metrics.json", "best.safetensors", "checkpoint.pt"):
+        assert (tiny_run / name).is_file(), name
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tiny_run: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from training.finetune.trainer import Trainer, train
+
+    encoder = tiny_run.parent / "encoder"
+    straight = _args(encoder, tmp_path / "straight")
+    train(straight, show_progress=False)
+
+    broken = _args(encoder, tmp_path / "broken")
+    real_step = Trainer._step
+
+    def crash_at_step_6(self, batch):  # type: ignore[no-untyped-def]
+        if self.state.global_step == 5:
+            raise KeyboardInterrupt  # like Ctrl-C or a killed job between checkpoints
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_step", crash_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(broken, show_progress=False)
+    monkeypatch.setattr(Trainer, "_step", real_step)
+    assert torch.load(broken.out / "checkpoint.pt", weights_only=True)["state"]["global_step"] == 4
+    train(broken, resume=True, show_progress=False)
+
+    a = torch.load(straight.out / "checkpoint.pt", weights_only=True)
+    b = torch.load(broken.out / "checkpoint.pt", weights_only=True)
+    assert a["state"]["global_step"] == b["state"]["global_step"] == 8
+    for k, v in a["trainable"].items():
+        assert torch.allclose(v, b["trainable"][k], atol=1e-6), k
+    la = np.load(straight.out / "logits" / "dev.npy")
+    lb = np.load(broken.out / "logits" / "dev.npy")
+    assert np.allclose(la, lb, atol=1e-5)
+
+
+def test_existing_run_needs_resume(tiny_run: Path) -> None:
+    from training.finetune.errors import TrainError
+    from training.finetune.trainer import load_run_args, train
+
+    args = load_run_args(tiny_run)
+    with pytest.raises(TrainError, match="--resume"):
+        train(args, show_progress=False)
+
+
+def test_untrained_categories_are_masked_from_the_loss() -> None:
+    import torch
+
+    labels = np.zeros((4, 9), dtype=np.float32)
+    labels[0, 7] = 1
+    w = pos_weights(labels, power=0.5, max_weight=30.0)
+    assert w[7] == pytest.approx(np.sqrt(3.0)) and w[0] == 1.0
+    mask = torch.tensor([0.0] * 7 + [1.0, 0.0])
+    logits = torch.zeros(4, 9, requires_grad=True)
+    per = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels),
+                                                               pos_weight=torch.from_numpy(w), reduction="none")
+    ((per * mask).sum() / (mask.sum() * 4)).backward()
+    assert torch.count_nonzero(logits.grad[:, :7]) == 0 and torch.count_nonzero(logits.grad[:, 7]) == 4
+
+
+def test_subsample_is_deterministic_and_keeps_rare_positives() -> None:
+    train = read_split(DATA / "train.jsonl")
+    a = subsample(train, max_rows=20, max_per_source=None, rare_category_rows=100, seed=1)
+    b = subsample(train, max_rows=20, max_per_source=None, rare_category_rows=100, seed=1)
+    assert a.ids == b.ids
+    # Every positive of every (rare) category is kept, even past the cap.
+    assert (a.labels.sum(axis=0) == train.labels.sum(axis=0)).all()
+    c = subsample(train, max_rows=None, max_per_source=3, rare_category_rows=1, seed=1)
+    assert max(c.source_counts().values()) <= 3
+
+
+def test_length_grouped_batches_cover_every_row_once_with_little_padding() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 128, size=1000).tolist()
+    batches = length_grouped_batches(lengths, 32, seed=3)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(1000))
+    assert batches == length_grouped_batches(lengths, 32, seed=3)
+    waste = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+    random_waste = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
+                       for b in [list(range(k, min(k + 32, 1000))) for k in range(0, 1000, 32)])
+    assert waste < random_waste / 5
