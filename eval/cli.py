@@ -49,7 +49,12 @@ def eval_cmd(
         show_progress=not quiet,
     )
     result = run_eval(cfg)
-    print_summary(Console(stderr=True), result.metrics)
+    console = Console(stderr=True)
+    print_summary(console, result.metrics)
+    t = result.timings
+    console.print(f"scored {result.metrics['n']} texts in {t['score_s']:.1f} s "
+                  f"({result.metrics['n'] / max(t['score_s'], 1e-9):.0f} texts/s); "
+                  + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in t.items() if k != "score_s"))
     print(result.metrics_path)
     print(result.report_path)
 
