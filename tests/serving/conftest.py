@@ -8,6 +8,7 @@ the word list (``term_action: review``). Review-bound sentences are therefore kn
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -103,34 +104,38 @@ class ServerProcess:
         raise RuntimeError(f"server not ready after {timeout:.0f}s:\n{self.log_tail()}")
 
     def kill(self) -> None:
-        """SIGKILL the whole process group: arbiter and workers die at once, like a power cut."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        """SIGKILL the arbiter and every worker at once, like a power cut. (Circus starts each worker
+        in its own session, so killing the process group is not enough.)"""
+        pids = self.pids() if self.proc is not None and self.proc.poll() is None else []
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.proc is not None:
             self.proc.wait(timeout=30)
-        self._reap_group()
+        self._wait_gone(pids)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
-            self._reap_group()
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self._reap_group()
+        pids = self.pids()
+        self.proc.send_signal(signal.SIGTERM)  # the arbiter stops its workers
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=30)
+        for pid in pids:  # anything left behind would keep the port
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._wait_gone(pids)
 
-    def _reap_group(self) -> None:
-        # Workers share the group id; make sure none outlives the test (they would hold the port).
-        if self.proc is None:
-            return
-        for _ in range(50):
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
+    @staticmethod
+    def _wait_gone(pids: list[int]) -> None:
+        import psutil
+
+        procs = []
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                procs.append(psutil.Process(pid))
+        psutil.wait_procs(procs, timeout=10)
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
