@@ -61,6 +61,7 @@ def _worst_errors(data: EvalSet, run: Scored) -> dict[str, list[dict[str, Any]]]
     def row(i: int) -> dict[str, Any]:
         j = int(run.scores[i].argmax())
         return {
+            "row": i,  # 0-based position in the evaluated texts
             "id": data.ids[i],
             "text": data.texts[i],
             "labels": [s for s, t in zip(CATEGORY_SLUGS, data.y_true[i], strict=True) if t],

@@ -175,13 +175,12 @@ def _slice_rows(inp: ReportInputs, family: str) -> list[dict[str, Any]]:
 
 def _error_rows(inp: ReportInputs, kind: str) -> list[dict[str, Any]]:
     rows = []
-    index = {ident: i for i, ident in enumerate(inp.data.ids)}
     for e in inp.metrics["worst_errors"][kind]:
         text = e["text"]
         row = {**e, "preview": text if len(text) <= TEXT_PREVIEW else text[:TEXT_PREVIEW] + "…",
                "score_fmt": num(e["score"]), "other_score": None}
-        if inp.other is not None and e["id"] in index:
-            row["other_score"] = num(float(inp.other.scores[index[e["id"]]].max()))
+        if inp.other is not None:
+            row["other_score"] = num(float(inp.other.scores[e["row"]].max()))
         rows.append(row)
     return rows
 

@@ -109,6 +109,8 @@ def run_eval(cfg: EvalConfig, factory: PredictorFactory | None = None,
 
     t0 = time.perf_counter()
     predictor = factory(cfg.bundle, cfg.policy, cfg.threads)
+    timings["load_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     this = score_texts(predictor, data.texts, description=f"scoring {data.n} texts",
                        batch_size=cfg.batch_size, show_progress=cfg.show_progress)
     timings["score_s"] = time.perf_counter() - t0

@@ -94,12 +94,14 @@ def from_predictions(predictions: Sequence[Prediction], policy: Policy,
 def score_texts(predictor: PredictorLike, texts: Sequence[str], *, description: str = "scoring",
                 batch_size: int = 32, show_progress: bool = True) -> Scored:
     """Run ``predictor.predict`` over ``texts`` in chunks with a progress bar."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     predictions: list[Prediction] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("texts"),
                TimeRemainingColumn())
-    with Progress(*columns, disable=not show_progress, transient=False) as progress:
+    # progress on stderr: stdout stays for the command's result
+    with Progress(*columns, console=Console(stderr=True), disable=not show_progress, transient=False) as progress:
         task = progress.add_task(description, total=len(texts))
         for start in range(0, len(texts), PREDICT_CHUNK):
             chunk = list(texts[start : start + PREDICT_CHUNK])
