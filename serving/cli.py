@@ -89,7 +89,10 @@ def _serve(**options: object) -> None:
     db_url = config.db_url
     from serving.queue import ReviewStore
 
-    store = ReviewStore(db_url)
+    try:
+        store = ReviewStore(db_url)
+    except Exception as e:  # an unknown dialect or a malformed URL
+        raise UserError(f"cannot use the review database URL: {str(e).splitlines()[0][:200]}") from None
     try:
         store.create_schema()
     except Exception as e:  # any driver error: report it in one line
@@ -129,7 +132,10 @@ def review_export(
     from serving.queue import ReviewStore
 
     config = _config(db_url=db_url)
-    store = ReviewStore(config.db_url)
+    try:
+        store = ReviewStore(config.db_url)
+    except SQLAlchemyError as e:
+        raise UserError(f"cannot use the review database URL: {str(e).splitlines()[0][:200]}") from None
     n = 0
     try:
         if store.backend == "sqlite" and not _sqlite_file_exists(config.db_url):
