@@ -15,7 +15,14 @@ import numpy as np
 
 from models.policy import CATEGORY_SLUGS
 
-from .metrics import binary_metrics, flat_metrics, nan_to_none, ones_weights
+from .metrics import (
+    SLICE_DECISION_KEYS,
+    binary_metrics,
+    decision_metrics,
+    flat_metrics,
+    nan_to_none,
+    ones_weights,
+)
 from .scoring import Scored
 
 CONFIDENCE = 0.95
@@ -64,6 +71,8 @@ def compare_runs(y_true: np.ndarray, this: Scored, other: Scored, *, n_boot: int
             idx = np.flatnonzero(mask)
             part = binary_metrics(y_true[idx], run.scores[idx], W[:, idx])
             out.update({f"{name}.binary.{k}": v for k, v in part.items()})
+            dec = decision_metrics(y_true[idx], run.decisions[idx], W[:, idx])
+            out.update({f"{name}.decisions.{k}": dec[k] for k in SLICE_DECISION_KEYS})
         return out
 
     point_a, point_b = flat(this, ones_weights(n)), flat(other, ones_weights(n))

@@ -18,8 +18,10 @@ from .metrics import (
     LENGTH_BUCKETS,
     N_CALIBRATION_BINS,
     REVIEW,
+    SLICE_DECISION_KEYS,
     binary_metrics,
     decide,
+    decision_metrics,
     decisions_at_prevalence,
     flat_metrics,
     label_confusion,
@@ -39,8 +41,10 @@ def _point(flat: dict[str, np.ndarray], prefix: str) -> dict[str, float | None]:
     return {k.removeprefix(prefix): nan_to_none(v[0]) for k, v in flat.items() if k.startswith(prefix)}
 
 
-def binary_block(y_true: np.ndarray, scores: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
-    """Binary metrics (point estimates) with counts, optionally on a slice."""
+def binary_block(y_true: np.ndarray, scores: np.ndarray, mask: np.ndarray | None = None,
+                 decisions: np.ndarray | None = None) -> dict[str, Any]:
+    """Binary metrics (point estimates) with counts, optionally on a slice; with ``decisions``
+    also the slice's review / block shares and its missed harmful share."""
     n = len(y_true)
     W = ones_weights(n) if mask is None else mask.astype(float)[None, :]
     keep = np.ones(n, dtype=bool) if mask is None else mask
@@ -50,6 +54,9 @@ def binary_block(y_true: np.ndarray, scores: np.ndarray, mask: np.ndarray | None
         "predicted_harmful": int((scores[keep].max(axis=1) >= BINARY_THRESHOLD).sum()),
     }
     out.update({k: nan_to_none(v[0]) for k, v in binary_metrics(y_true, scores, W).items()})
+    if decisions is not None:
+        d = decision_metrics(y_true, decisions, W)
+        out.update({k: nan_to_none(d[k][0]) for k in SLICE_DECISION_KEYS})
     return out
 
 
@@ -137,7 +144,7 @@ def evaluate(data: EvalSet, run: Scored, *, bundle_dir: str | None = None,
     by_source: dict[str, Any] = {}
     for name, mask in slice_masks(data).items():
         family, _, key = name.partition(".")
-        (by_length if family == "by_length" else by_source)[key] = binary_block(y, s, mask)
+        (by_length if family == "by_length" else by_source)[key] = binary_block(y, s, mask, run.decisions)
 
     curve = operating_curve(y, s, thr, run.term_review)
     harmful = y.any(axis=1)

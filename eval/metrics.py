@@ -27,6 +27,7 @@ PASS, REVIEW, BLOCK = 0, 1, 2
 DECISION_NAMES = ("pass", "review", "block")
 DECISION_CODES = {name: code for code, name in enumerate(DECISION_NAMES)}
 
+SLICE_DECISION_KEYS = ("review", "block", "harmful_missed")  # decision numbers shown per slice
 BINARY_THRESHOLD = 0.5  # harmful = highest calibrated category score >= 0.5
 N_CALIBRATION_BINS = 10  # equal-width bins [0, .1), [.1, .2), ..., [.9, 1.0]
 # Character length of the original text: (low, high inclusive or None, label).

@@ -169,6 +169,8 @@ def _slice_rows(inp: ReportInputs, family: str) -> list[dict[str, Any]]:
         row = {"name": name, "n": s["n"], "harmful": s["harmful"]}
         for metric in ("accuracy", "precision", "recall", "f1", "roc_auc"):
             row[metric] = cell(m, f"{family}/{name}/{metric}", "num", f"{family}.{name}.binary.{metric}")
+        for metric in ("review", "block", "harmful_missed"):
+            row[metric] = cell(m, f"{family}/{name}/{metric}", "pct", f"{family}.{name}.decisions.{metric}")
         rows.append(row)
     return rows
 

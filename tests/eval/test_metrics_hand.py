@@ -122,6 +122,12 @@ def test_slices(m: dict) -> None:
     assert m["by_length"]["51-100"]["roc_auc"] is None  # h2 alone: one class
     assert m["by_length"][">200"]["n"] == 0 and m["by_length"][">200"]["f1"] is None
 
+    # decisions per slice: <=20 = h0 block, h4 pass; 21-50 = h1 h5 h7 review, h6 block, h3 pass (harmful)
+    assert (short["review"], short["block"], short["harmful_missed"]) == (0.0, 0.5, 0.0)
+    assert mid["review"] == approx(3 / 5) and mid["block"] == approx(1 / 5)
+    assert mid["harmful_missed"] == approx(1 / 3)  # h3 of h1 h3 h7
+    assert m["by_length"][">200"]["review"] is None
+
     weibo, news = m["by_source"]["weibo"], m["by_source"]["news"]
     # weibo h0 h1 h4 h5: TP 2, FP 1, TN 1
     assert weibo["accuracy"] == approx(0.75) and weibo["f1"] == approx(0.8) and weibo["roc_auc"] == approx(1.0)

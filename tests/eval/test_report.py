@@ -42,6 +42,7 @@ def test_compare_shows_both_and_difference(full_report: EvalResult) -> None:
     assert recall["ci"][0] <= recall["diff"] <= recall["ci"][1]
     assert set(c["per_category_verdict"]) >= {"rumor", "insult_defamation"}
     assert "by_length.<=20.binary.f1" in c["metrics"] and "by_source.news.binary.recall" in c["metrics"]
+    assert c["metrics"]["by_source.news.decisions.review"]["this"] == m["by_source"]["news"]["review"]
     html = full_report.report_path.read_text(encoding="utf-8")
     assert "keywords 0.9" in html and "Δ this − other" in html
 
