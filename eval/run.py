@@ -121,6 +121,7 @@ def run_eval(cfg: EvalConfig, factory: PredictorFactory | None = None,
     metrics["texts_per_second"] = data.n / timings["score_s"] if timings["score_s"] > 0 else None
 
     if cfg.baseline is not None:
+        t1 = time.perf_counter()
         if baseline_loader is None:
             from models.baseline import load_baseline as baseline_loader  # type: ignore[no-redef]
         try:
@@ -130,6 +131,7 @@ def run_eval(cfg: EvalConfig, factory: PredictorFactory | None = None,
         base_scores = np.asarray(scorer.score(data.texts), dtype=float)
         metrics["baseline"] = baseline_section(data, getattr(scorer, "name", cfg.baseline.name), str(cfg.baseline),
                                                base_scores)
+        timings["baseline_s"] = time.perf_counter() - t1
 
     other: Scored | None = None
     other_metrics: dict[str, Any] | None = None
