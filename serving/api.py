@@ -8,6 +8,7 @@ in each worker), so tests can also drive it in-process.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import time
@@ -49,7 +50,15 @@ from serving.schemas import (
 API_VERSION = "1"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
-_LOOPBACK = ("127.0.0.1", "::1")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 class ApiError(Exception):
@@ -103,7 +112,7 @@ class RequestContext:
         runtime: Runtime | None = getattr(getattr(app, "state", None), "runtime", None)
         client = (scope.get("client") or ("", 0))[0]
         try:
-            if runtime is not None and not runtime.keys.enabled and client not in _LOOPBACK:
+            if runtime is not None and not runtime.keys.enabled and not _is_loopback(client):
                 # No API keys: answer loopback clients only (defence in depth behind the bind address).
                 response = _error_response(None, 403, "loopback_only",
                                            "this server has no API keys configured and only answers on 127.0.0.1")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -244,6 +245,11 @@ def classify_file(url: str, input_path: str | Path, output_path: str | Path, api
             flush()
     bar.close()
     summary.seconds = time.perf_counter() - started
+    if progress:
+        counts = ", ".join(f"{d} {summary.decisions[d]}" for d in ("pass", "review", "block"))
+        refused = f"; {summary.errors} refused (see 'error' in the output)" if summary.errors else ""
+        print(f"classified {summary.items} item(s) in {summary.seconds:.1f} s ({counts}){refused} -> {dst}",
+              file=sys.stderr)
     return summary
 
 

@@ -151,11 +151,12 @@ class ServerProcess:
         return [root.pid, *(c.pid for c in root.children(recursive=True))]
 
 
-def server_env(tmp: Path, db_url: str, policy: Path, keys: Path | None, **extra: str) -> dict[str, str]:
+def server_env(tmp: Path, db_url: str, policy: Path | None, keys: Path | None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHENHE_")}
+    if policy is not None:
+        env["SHENHE_POLICY"] = str(policy)
     env.update({
         "SHENHE_DB_URL": db_url,
-        "SHENHE_POLICY": str(policy),
         "BENTOML_HOME": str(tmp / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "True",
         "OMP_NUM_THREADS": "1",
