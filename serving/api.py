@@ -8,6 +8,7 @@ in each worker), so tests can also drive it in-process.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import json
 import re
@@ -243,6 +244,11 @@ def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
         "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
+# Recent FastAPI versions add OpenTelemetry hooks that probe for providers on every request (~2 ms
+# here); BentoML already traces requests and we export our own metrics, so switch them off.
+_telemetry_off = ({"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+                  if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
+
 app = FastAPI(
     title="shenhe",
     version=API_VERSION,
@@ -250,6 +256,7 @@ app = FastAPI(
     openapi_url="/v1/openapi.json",
     docs_url="/v1/docs",
     redoc_url=None,
+    **_telemetry_off,  # type: ignore[arg-type]
 )
 app.add_middleware(RequestContext)
 
