@@ -60,6 +60,7 @@ class LevelResult:
     seconds: float
     latencies_ms: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    decisions: Counter[str] = field(default_factory=Counter)
     texts: int = 0
 
     def percentile(self, q: float) -> float:
@@ -75,6 +76,7 @@ class LevelResult:
             "requests_per_s": round(ok / self.seconds, 1), "texts_per_s": round(self.texts / self.seconds, 1),
             "p50_ms": round(self.percentile(0.50), 1), "p99_ms": round(self.percentile(0.99), 1),
             "errors": sum(self.errors.values()), "error_kinds": dict(self.errors),
+            "review_share": round(self.decisions["review"] / max(1, sum(self.decisions.values())), 3),
         }
 
 
@@ -96,9 +98,12 @@ async def run_level(url: str, headers: dict[str, str], texts: list[str], items: 
                 batch = [{"id": f"bench-{k}-{i}-{j}", "text": texts[(i + j) % len(texts)]} for j in range(items)]
                 i += items
                 t0 = time.perf_counter()
+                decided: list[str] = []
                 try:
                     r = await http.post("/v1/classify", json={"items": batch})
                     kind = None if r.status_code == 200 else f"http {r.status_code}"
+                    if kind is None:
+                        decided = [item["decision"] for item in r.json()["items"]]
                 except httpx.HTTPError as e:
                     kind = type(e).__name__
                 t1 = time.perf_counter()
@@ -107,6 +112,7 @@ async def run_level(url: str, headers: dict[str, str], texts: list[str], items: 
                 if kind is None:
                     result.latencies_ms.append(1000 * (t1 - t0))
                     result.texts += items
+                    result.decisions.update(decided)
                 else:
                     result.errors[kind] += 1
 
@@ -198,13 +204,14 @@ def main() -> None:
                   f"{'on' if args.adaptive_batching else 'off' if args.start else 'as configured'}; "
                   f"cores {len(os.sched_getaffinity(0))}")
             rows = []
-            print(f"{'conc':>4} {'req/s':>8} {'texts/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+            print(f"{'conc':>4} {'req/s':>8} {'texts/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'review':>7} {'errors':>7}")
             for c in (int(x) for x in args.concurrency.split(",")):
                 res = asyncio.run(run_level(url, headers, texts, args.items, c, args.duration, args.warmup))
                 row = res.row()
                 rows.append(row)
                 print(f"{c:>4} {row['requests_per_s']:>8} {row['texts_per_s']:>8} {row['p50_ms']:>8} "
-                      f"{row['p99_ms']:>8} {row['errors']:>7} {row['error_kinds'] or ''}", flush=True)
+                      f"{row['p99_ms']:>8} {row['review_share']:>7.0%} {row['errors']:>7} {row['error_kinds'] or ''}",
+                      flush=True)
         finally:
             if proc is not None:
                 proc.send_signal(signal.SIGTERM)
