@@ -221,6 +221,18 @@ def test_too_many_items(server: ServerProcess) -> None:
     assert "256" in body["message"]
 
 
+def test_oversized_body_is_413_before_it_is_read(server: ServerProcess) -> None:
+    import socket
+
+    host, port = "127.0.0.1", server.port
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall((f"POST /v1/classify HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEYS['classify']}\r\n"
+                      "Content-Type: application/json\r\nContent-Length: 999999999999\r\n\r\n{").encode())
+        head = sock.recv(65536).decode("utf-8", "replace")
+    assert head.startswith("HTTP/1.1 413"), head
+    assert '"error":"body_too_large"' in head
+
+
 def test_wrong_type_message_names_the_field(server: ServerProcess) -> None:
     body = assert_error(post_raw(server, b'{"items": [{"text": "ok"}, {"text": 3}]}'), 400, "invalid_request")
     assert "items[1].text" in body["message"]

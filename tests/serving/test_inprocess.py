@@ -135,3 +135,10 @@ print("HEAVY", heavy)
                           check=False)
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
+
+
+def test_text_cap_is_configurable(runtime: Runtime, client: TestClient) -> None:
+    runtime.config = runtime.config.model_copy(update={"max_text_chars": 10})
+    assert client.post("/v1/classify", json={"items": [{"text": "好" * 10}]}).status_code == 200
+    r = client.post("/v1/classify", json={"items": [{"text": "好" * 11}]})
+    assert r.status_code == 400 and r.json()["error"] == "text_too_long" and "10" in r.json()["message"]
