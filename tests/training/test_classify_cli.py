@@ -107,3 +107,14 @@ def test_bundle_manifest_with_unknown_category(tiny_bundle: Path, tmp_path: Path
 @pytest.mark.parametrize("args", [["--input", "x.jsonl", "text"], []])
 def test_text_xor_input(args: list[str]) -> None:
     one_line_error(shenhe("classify", *args), "either TEXT or --input")
+
+
+@pytest.mark.parametrize("command", ["train", "export", "classify"])
+def test_help_renders(command: str) -> None:
+    from typer.testing import CliRunner
+
+    from shenhe.cli import app
+
+    res = CliRunner().invoke(app, [command, "--help"])
+    assert res.exit_code == 0, res.output
+    assert "Usage" in res.output

@@ -81,3 +81,31 @@ def test_bad_window_settings_are_rejected(hf_tokenizer) -> None:  # type: ignore
         WindowTokenizer(hf_tokenizer.backend_tokenizer, max_length=16, stride=14)
     with pytest.raises(ValueError, match="max_length"):
         WindowTokenizer(hf_tokenizer.backend_tokenizer, max_length=3, stride=0, text_prefix="passage: ")
+
+
+def _real_encoder_dir() -> Path | None:
+    try:
+        from training.encoder.base import default_encoder_dir
+    except ImportError:
+        return None
+    d = default_encoder_dir()
+    return d if (d / "tokenizer.json").is_file() else None
+
+
+@pytest.mark.skipif(_real_encoder_dir() is None, reason="imported encoder not present (shenhe encoder import)")
+def test_real_encoder_tokenizer_windows_match_transformers() -> None:
+    from transformers import AutoTokenizer
+
+    d = _real_encoder_dir()
+    hf = AutoTokenizer.from_pretrained(str(d))
+    texts = SHORT + ["【转发】紧急通知！！！明天全市停水，，，大家赶快囤水😱 http://t.cn/abc", "ｆｕｌｌ　ｗｉｄｔｈ　１２３"]
+    w = WindowTokenizer.from_file(d / "tokenizer.json", max_length=128, stride=32, pad_token_id=hf.pad_token_id,
+                                  text_prefix="passage: ")
+    for text in texts:
+        norm = normalize(text).text
+        (win,) = w.windows([norm])
+        assert list(win.ids) == hf("passage: " + norm)["input_ids"], text
+    norm = normalize(LONG * 3).text
+    plain = WindowTokenizer.from_file(d / "tokenizer.json", max_length=64, stride=16, pad_token_id=hf.pad_token_id)
+    ref = hf(norm, max_length=64, truncation=True, stride=16, return_overflowing_tokens=True)["input_ids"]
+    assert [list(x.ids) for x in plain.windows([norm])] == ref

@@ -131,14 +131,20 @@ def split_metrics(probs: np.ndarray, labels: np.ndarray, points: list[OperatingP
             "review": prf(s >= p.review_threshold, labels[:, c]),
         }
 
+    # F1 is undefined for a category with no positives in this split: such categories are left out of
+    # the macro average (and listed), rather than counted as 0.
+    scored = [p for p in trained if per[p.slug]["support"] > 0]
+
     def macro(key: str) -> float:
-        vals = [per[p.slug][key]["f1"] if per[p.slug][key] else 0.0 for p in trained]
+        vals = [per[p.slug][key]["f1"] if per[p.slug][key] else 0.0 for p in scored]
         return round(float(np.mean(vals)), 4) if vals else 0.0
 
     return {
         "n": int(len(labels)),
         "macro_f1": macro("f1"),
         "macro_f1_review": macro("review"),
+        "macro_over": [p.slug for p in scored],
+        "no_positives": [p.slug for p in trained if per[p.slug]["support"] == 0],
         "per_category": per,
     }
 
