@@ -430,6 +430,14 @@ async def review_decide(
     return Response(out.model_dump_json(), media_type="application/json")
 
 
+@app.get("/", include_in_schema=False)
+async def _index() -> Response:
+    """The root shows the API's own docs (instead of BentoML's page, which lists no endpoint of ours)."""
+    from fastapi.responses import RedirectResponse
+
+    return RedirectResponse("/v1/docs")
+
+
 @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
 async def _unknown(request: Request, rest: str) -> JSONResponse:
     from starlette.routing import Match, Route

@@ -58,7 +58,7 @@ def serve(
 
 @cli_errors()
 def _serve(**options: object) -> None:
-    from models.bundle import BundleError, load_bundle
+    from models.bundle import BundleError, check_policy_fits, load_bundle
     from models.policy import PolicyError, load_policy
     from serving.auth import KeyRing, KeysFileError
 
@@ -82,7 +82,7 @@ def _serve(**options: object) -> None:
     try:  # fail here with one line rather than in every worker
         bundle = load_bundle(config.bundle)
         if config.policy is not None:
-            load_policy(config.policy)
+            check_policy_fits(load_policy(config.policy), bundle.manifest, str(config.policy))
     except (BundleError, PolicyError) as e:
         raise UserError(str(e)) from None
 

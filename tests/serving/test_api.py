@@ -396,6 +396,9 @@ def test_health_ready_and_openapi(server: ServerProcess) -> None:
     doc = httpx.get(f"{server.url}/v1/openapi.json").json()
     assert {"/v1/classify", "/v1/review/next", "/v1/review/stats", "/v1/review/{review_id}"} <= set(doc["paths"])
     assert doc["components"]["schemas"]["ClassifyItem"]["properties"]["text"]["maxLength"] == 20_000
+    root = httpx.get(f"{server.url}/")
+    assert root.status_code == 307 and root.headers["location"] == "/v1/docs"
+    assert "swagger" in httpx.get(f"{server.url}/v1/docs").text.lower()
 
 
 def test_metrics_count_requests_decisions_and_queue_depth(server: ServerProcess) -> None:
