@@ -56,3 +56,12 @@ def test_missing_local_directory_is_reported(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BaseEncoderError, match="no config.json"):
         resolve_base(str(tmp_path / "empty"))
+
+
+def test_hub_id_without_network_fails_fast_in_one_line(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.setattr("training.encoder.base._hub_reachable", lambda timeout_s=3.0: False)
+    with pytest.raises(BaseEncoderError, match="unreachable") as err:
+        load_base("bert-base-chinese")
+    assert "bert-base-chinese" in str(err.value) and "\n" not in str(err.value)

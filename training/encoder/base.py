@@ -96,6 +96,23 @@ def resolve_base(base: str) -> tuple[str, Path | None]:
     return base, None
 
 
+def _hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """One quick TCP connect instead of huggingface_hub's five retries with back-off (~80 s offline)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(_hub_endpoint())
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def load_base_config(base: str):
     """``AutoConfig`` of a local directory or hub id (cache first, then the hub if reachable)."""
     from transformers import AutoConfig
@@ -115,6 +132,11 @@ def _from_hub_or_cache(loader, ref: str, local: Path | None, **kwargs):
         raise BaseEncoderError(
             f"base encoder {ref!r} is not a local directory and is not in the Hugging Face cache (HF_HUB_OFFLINE is set); "
             "pass a local directory, e.g. the output of `shenhe encoder import`"
+        )
+    if not _hub_reachable():
+        raise BaseEncoderError(
+            f"base encoder {ref!r} is not a local directory, not in the Hugging Face cache, and the hub "
+            f"({_hub_endpoint()}) is unreachable; pass a local directory, e.g. the output of `shenhe encoder import`"
         )
     try:
         return loader(ref, **kwargs)

