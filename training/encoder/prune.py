@@ -87,8 +87,29 @@ class PruneResult:
         return Vocabulary([full.pieces[i] for i in self.kept_old_ids], [full.scores[i] for i in self.kept_old_ids])
 
 
+_CJK_NAME_PREFIXES = ("CJK", "IDEOGRAPHIC", "KANGXI")
+
+
+@lru_cache(maxsize=1)
+def _cjk_pattern() -> re.Pattern[str]:
+    """A character class of every codepoint whose Unicode name starts with CJK / IDEOGRAPHIC / KANGXI
+    (ideographs, radicals, CJK symbols), built once: per-character name lookups over 250k pieces were slow."""
+    ranges: list[tuple[int, int]] = []
+    for cp in range(0x2E80, 0x32000):  # every such name lies in this span
+        if unicodedata.name(chr(cp), "").startswith(_CJK_NAME_PREFIXES):
+            if ranges and ranges[-1][1] == cp - 1:
+                ranges[-1] = (ranges[-1][0], cp)
+            else:
+                ranges.append((cp, cp))
+    return re.compile("[" + "".join(f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges) + "]")
+
+
 def is_cjk(ch: str) -> bool:
-    return unicodedata.name(ch, "").startswith(("CJK", "IDEOGRAPHIC", "KANGXI"))
+    return bool(_cjk_pattern().fullmatch(ch))
+
+
+def has_cjk(piece: str) -> bool:
+    return _cjk_pattern().search(piece) is not None
 
 
 def keeps_single_char(ch: str) -> bool:
@@ -194,7 +215,7 @@ def select_pieces(full: Vocabulary, tokenizer, config: PruneConfig, corpus_count
     keep([i for i in normal if len(full.pieces[i]) == 1 and keeps_single_char(full.pieces[i])], "single_char")
     keep([i for i in normal if len(p := full.pieces[i]) == 2 and p[0] == META and keeps_single_char(p[1])],
          "space_char")
-    keep([i for i in normal if any(is_cjk(ch) for ch in full.pieces[i])], "cjk")
+    keep([i for i in normal if has_cjk(full.pieces[i])], "cjk")
     keep([i for i in normal if is_symbol_piece(full.pieces[i])], "symbol")
     syllables = pinyin_syllables()
     keep([i for i in normal if is_ascii_piece(p := full.pieces[i]) and p.removeprefix(META).lower() in syllables],
