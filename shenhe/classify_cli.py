@@ -136,8 +136,10 @@ def classify_cmd(
                 raise UserError("--url needs --output FILE.jsonl")
             from serving.client import classify_file
 
-            classify_file(url=url, input_path=input_path, output_path=output_path, api_key=api_key,
-                          batch_size=batch_size)
+            summary = classify_file(url=url, input_path=input_path, output_path=output_path, api_key=api_key,
+                                    batch_size=batch_size, text_field=text_field, progress=not quiet)
+            print(f"classified {summary.items} texts through {url} -> {output_path} "
+                  f"({dict(summary.decisions)}, {summary.errors} refused)", file=sys.stderr)
             return
         from models.predictor import Predictor
 

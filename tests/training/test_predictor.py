@@ -170,6 +170,8 @@ def test_threads_are_set_explicitly(tiny_bundle: Path) -> None:
     from models.predictor import default_threads
 
     assert Predictor(tiny_bundle).session.get_session_options().intra_op_num_threads == default_threads()
+    quiet = Predictor(tiny_bundle, intra_op_threads=1, allow_spinning=False).session.get_session_options()
+    assert quiet.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_bundle_loads_with_hashes(tiny_bundle: Path) -> None:

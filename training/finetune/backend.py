@@ -42,9 +42,19 @@ def export_onnx(model: MultiLabelClassifier, path: Path, pad_token_id: int, opse
 
 def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     """Dynamic INT8 with per-channel weights (markedly closer to fp32 than per-tensor at the same speed)."""
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
+    # onnxruntime logs a generic "consider pre-processing" hint on the root logger; measured here,
+    # pre-processing (quant_pre_process) changed neither size nor INT8-vs-fp32 agreement for this graph.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
 
 
 def ort_session(path: Path, threads: int | None = None) -> Any:

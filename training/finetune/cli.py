@@ -127,7 +127,11 @@ def train_cmd(
                 )
             except ValueError as e:
                 raise UserError(str(e)) from None
-        info = train(args, resume=resume, show_progress=not quiet)
+        try:
+            info = train(args, resume=resume, show_progress=not quiet)
+        except KeyboardInterrupt:
+            raise UserError(f"interrupted; continue from the last checkpoint with: shenhe train --resume --out {out}",
+                            exit_code=130) from None
         print(json.dumps({"run": str(out), "steps": info["state"]["global_step"],
                           "stop_reason": info["state"]["stop_reason"],
                           "train_samples_per_second": info["train_samples_per_second"],

@@ -99,7 +99,24 @@ def _throughput(session: Any, windower: WindowTokenizer, texts: list[str]) -> di
     single_ms = 1000 * (time.perf_counter() - t0) / len(singles)
     return {"texts_per_second_batch32": round(batch_tps, 1), "single_text_ms": round(single_ms, 2),
             "texts_measured": len(sample), "cpu": platform.processor() or platform.machine(),
-            "threads": session.get_session_options().intra_op_num_threads}
+            "threads": session.get_session_options().intra_op_num_threads,
+            # Other processes on the machine slow this down; the 1-minute load average says how busy it was.
+            "load_average_1min": round(os.getloadavg()[0], 2), "cores": len(os.sched_getaffinity(0))}
+
+
+def describe_base(base: str) -> str:
+    """A readable base-encoder name: the checkpoint folder and, for an imported one, where it came from."""
+    path = Path(base).expanduser()
+    meta_file = path / "shenhe_encoder.json"
+    if not path.is_dir():
+        return base
+    try:
+        source = json.loads(meta_file.read_text(encoding="utf-8")).get("source", {}) if meta_file.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        source = {}
+    upstream = source.get("upstream_model")
+    licence = source.get("upstream_licence")
+    return f"{path.name} ({upstream}{', ' + licence if licence else ''})" if upstream else path.name
 
 
 def export_bundle(opts: ExportOptions) -> Path:
@@ -188,7 +205,8 @@ def export_bundle(opts: ExportOptions) -> Path:
             raise ExportError("parity check failed: " + "; ".join(failures))
 
         metrics: dict[str, Any] = {
-            "model": {"name": name, "version": version, "base_encoder": args["base"], "quantization": "int8"},
+            "model": {"name": name, "version": version, "base_encoder": describe_base(str(args["base"])),
+                      "quantization": "int8"},
             "dev": split_metrics(dev_probs, dev.labels, points),
         }
         if test is not None:
@@ -216,7 +234,7 @@ def export_bundle(opts: ExportOptions) -> Path:
         sources = describe_sources(data_dir, info["summary"].get("sources", {}))
         manifest_kwargs = dict(
             name=name, version=version, created=datetime.now(UTC).isoformat(timespec="seconds"),
-            base_encoder=str(args["base"]), max_length=int(args["max_length"]),
+            base_encoder=describe_base(str(args["base"])), max_length=int(args["max_length"]),
             window_stride=int(args["window_stride"]), pad_token_id=pad_id, text_prefix=prefix, slugs=CATEGORY_SLUGS,
             trained_categories=tuple(s for s, t in zip(CATEGORY_SLUGS, trained, strict=True) if t),
             calibration=calibration, data_sources=tuple(sources),

@@ -264,6 +264,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "state": self.state.to_dict(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
         }, self.out / CHECKPOINT_FILE)
 
     def _restore(self) -> None:
@@ -281,6 +282,8 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState(**ckpt["state"])
         torch.set_rng_state(ckpt["torch_rng"])
+        if self.device.type == "cuda" and ckpt.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
         log.info("resumed at step %d (epoch %d, batch %d)", self.state.global_step, self.state.epoch,
                  self.state.batch_in_epoch)
 
