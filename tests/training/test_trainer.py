@@ -119,3 +119,20 @@ def test_length_grouped_batches_cover_every_row_once_with_little_padding() -> No
     random_waste = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
                        for b in [list(range(k, min(k + 32, 1000))) for k in range(0, 1000, 32)])
     assert waste < random_waste / 5
+
+
+def test_finished_run_continues_with_a_larger_budget(tiny_run: Path, tmp_path: Path) -> None:
+    import torch
+
+    from training.finetune.trainer import load_run_args, train
+
+    args = _args(tiny_run.parent / "encoder", tmp_path / "run", max_steps=4)
+    train(args, show_progress=False)
+    more = load_run_args(args.out)
+    more.max_steps = 7
+    info = train(more, resume=True, show_progress=False)
+    assert info["status"] == "done" and info["state"]["global_step"] == 7
+    assert info["state"]["stop_reason"] == "max_steps 7"
+    ckpt = torch.load(args.out / "checkpoint.pt", weights_only=True)
+    assert ckpt["state"]["global_step"] == 7
+    assert [h["step"] for h in info["state"]["history"]][-1] == 7
