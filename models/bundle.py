@@ -100,7 +100,7 @@ class BundleManifest(BaseModel):
     data_sources: tuple[DataSource, ...] = ()
     files: dict[str, str]  # file name -> sha256 hex
     metrics: dict[str, Any] = {}  # summary; the full numbers are in metrics.json
-    quantization: str = "int8-dynamic-per-channel"
+    quantization: str = "int8 dynamic (per-channel weights, per-tensor activations)"
 
     @field_validator("slugs")
     @classmethod

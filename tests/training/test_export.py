@@ -104,3 +104,49 @@ def test_model_card_names_data_metrics_and_limits(tiny_bundle: Path) -> None:
     assert "| fixture |" in card and "| fixture_b |" in card
     assert "constitution | no |" in card  # untrained category listed as such
     assert "{{" not in card and "{%" not in card
+
+
+@pytest.mark.parametrize("scheme", ["weight-only", "weight-only-fp32"])
+def test_weight_only_int8_is_close_to_fp32_and_batch_independent(exported, tmp_path: Path, scheme: str) -> None:
+    from training.finetune.backend import max_prob_diff, onnx_window_logits, ort_session, quantize_int8
+
+    model, fp32, windower = exported
+    src = tmp_path / "fp32.onnx"
+    from training.finetune.backend import export_onnx
+
+    export_onnx(model, src, pad_token_id=windower.pad_token_id)
+    out = tmp_path / f"{scheme}.onnx"
+    quantize_int8(src, out, scheme)
+    assert out.stat().st_size < src.stat().st_size
+    q = ort_session(out, threads=1)
+    norm = [normalize_text(t) for t in TEXTS]
+    _, ref = onnx_window_logits(fp32, windower, norm, batch_size=8)
+    _, got = onnx_window_logits(q, windower, norm, batch_size=8)
+    assert max_prob_diff(ref, got) < 0.01
+    # No activation ranges shared across a batch: a text scores the same alone or with neighbours.
+    _, alone = onnx_window_logits(q, windower, norm[:1], batch_size=1)
+    assert np.allclose(alone[0], got[0], atol=1e-5)
+
+
+def test_export_can_force_a_scheme(tiny_run: Path, tmp_path: Path) -> None:
+    from models.predictor import Predictor
+    from training.finetune.export import ExportOptions, export_bundle
+
+    out = export_bundle(ExportOptions(run=tiny_run, out=tmp_path / "wo", name="tiny-wo", version="0.0.1", threads=1,
+                                      show_progress=False, allow_parity_failure=True, quantization="weight-only"))
+    b = load_bundle(out)
+    assert "weight-only" in b.manifest.quantization
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert [a["scheme"] for a in m["parity"]["attempts"]] == ["weight-only"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["MODEL_CARD.md", "bundle.json", "metrics.json", "model.onnx", "policy.yaml", "tokenizer.json"])
+    (pred,) = Predictor(out, intra_op_threads=1).predict(["你这个傻逼，滚回你老家去"])
+    assert pred.model.name == "tiny-wo"
+
+
+def test_auto_ships_the_fastest_scheme_that_passes(tiny_bundle: Path) -> None:
+    m = json.loads((tiny_bundle / "metrics.json").read_text(encoding="utf-8"))
+    attempts = m["parity"]["attempts"]
+    assert attempts[-1]["passed"] and all(not a["passed"] for a in attempts[:-1])
+    assert m["parity"]["scheme"] == attempts[-1]["scheme"]
+    assert load_bundle(tiny_bundle).manifest.quantization == attempts[-1]["quantization"]

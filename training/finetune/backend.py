@@ -40,21 +40,65 @@ def export_onnx(model: MultiLabelClassifier, path: Path, pad_token_id: int, opse
         )
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
-    """Dynamic INT8 with per-channel weights (markedly closer to fp32 than per-tensor at the same speed)."""
+# INT8 schemes, fastest first. "dynamic": weights int8 per channel, activations int8 per tensor computed at
+# run time (quantize_dynamic) -- fastest, but per-tensor activation ranges cost accuracy on fine-tuned models
+# (measured: 96.3% decision agreement with fp32 on dev). "weight-only": MatMul weights int8 in blocks of 32
+# (MatMulNBits), activations int8 per 32-value block of each row ("int8 compute") or kept fp32
+# ("fp32 compute"); 99.1% / 99.4% agreement at about fp32 ONNX speed. The embedding table is int8 per
+# channel in every scheme (weight-only by nature). Weight-only results do not depend on batch neighbours.
+QUANT_SCHEMES: dict[str, str] = {
+    "dynamic": "int8 dynamic (per-channel weights, per-tensor activations)",
+    "weight-only": "int8 weight-only, blocks of 32 (MatMulNBits, int8 compute)",
+    "weight-only-fp32": "int8 weight-only, blocks of 32 (MatMulNBits, fp32 compute)",
+}
+WEIGHT_ONLY_BLOCK = 32
+
+
+def _quiet_root(level: int) -> int:
     import logging
 
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(level)
+    for name in ("onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime.quantization"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return old
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, scheme: str = "dynamic") -> None:
+    """Quantise an fp32 ONNX model with one of :data:`QUANT_SCHEMES`."""
+    import logging
+
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if scheme not in QUANT_SCHEMES:
+        raise ValueError(f"unknown quantisation scheme {scheme!r}; expected one of {', '.join(QUANT_SCHEMES)}")
     # onnxruntime logs a generic "consider pre-processing" hint on the root logger; measured here,
     # pre-processing (quant_pre_process) changed neither size nor INT8-vs-fp32 agreement for this graph.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    old = _quiet_root(logging.ERROR)
     try:
-        quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
+        if scheme == "dynamic":
+            quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
+            return
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
+
+        config = DefaultWeightOnlyQuantConfig(block_size=WEIGHT_ONLY_BLOCK, is_symmetric=True, bits=8,
+                                              accuracy_level=4 if scheme == "weight-only" else 1)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), algo_config=config)
+        quantizer.process()
+        mid = int8_path.with_name(int8_path.stem + ".matmul-nbits.onnx")
+        quantizer.model.save_model_to_file(str(mid), use_external_data_format=False)
+        try:  # the embedding table: int8 per channel (a lookup, so weight-only as well)
+            quantize_dynamic(str(mid), str(int8_path), per_channel=True, weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["Gather"])
+        finally:
+            mid.unlink(missing_ok=True)
     finally:
-        root.setLevel(level)
+        logging.getLogger().setLevel(old)
 
 
 def ort_session(path: Path, threads: int | None = None) -> Any:

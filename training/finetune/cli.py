@@ -150,6 +150,9 @@ def export_cmd(
     baseline: Annotated[Path | None, typer.Option("--baseline", help="TF-IDF run to compare with in the card.")] = None,
     calibration: Annotated[str | None, typer.Option("--calibration", help="platt or isotonic.")] = None,
     threads: Annotated[int | None, typer.Option("--threads")] = None,
+    quantization: Annotated[str, typer.Option(
+        "--quantization", help="auto (the fastest INT8 scheme that passes the parity checks), dynamic, weight-only "
+                               "or weight-only-fp32.")] = "auto",
     allow_parity_failure: Annotated[bool, typer.Option(
         "--allow-parity-failure", help="Write the bundle even if a parity check fails (recorded in metrics.json).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
@@ -164,11 +167,16 @@ def export_cmd(
 
         path = export_bundle(ExportOptions(run=run, out=out, name=name, version=version, data=data, policy=policy,
                                            baseline=baseline, calibration=calibration, threads=threads,
-                                           allow_parity_failure=allow_parity_failure, show_progress=not quiet))
+                                           allow_parity_failure=allow_parity_failure, show_progress=not quiet,
+                                           quantization=quantization))
         metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+        parity = {k: v for k, v in metrics["parity"].items() if k != "attempts"}
         print(json.dumps({"bundle": str(path), "dev_macro_f1": metrics["dev"]["macro_f1"],
                           "test_macro_f1": metrics.get("test", {}).get("macro_f1"),
-                          "parity": metrics["parity"]}, ensure_ascii=False))
+                          "baseline_test_macro_f1": metrics.get("baseline", {}).get("test_macro_f1"),
+                          "parity": parity,
+                          "attempts": [(a["scheme"], a["int8_vs_fp32_decision_agreement"])
+                                       for a in metrics["parity"]["attempts"]]}, ensure_ascii=False))
 
     go()
 

@@ -67,6 +67,7 @@ class ExportOptions:
     batch_size: int = 64
     allow_parity_failure: bool = False
     show_progress: bool = True
+    quantization: str = "auto"  # auto (fastest scheme that passes the parity checks) or one of QUANT_SCHEMES
 
 
 def _read_run(run: Path) -> dict[str, Any]:
@@ -123,6 +124,7 @@ def export_bundle(opts: ExportOptions) -> Path:
     import torch
 
     from training.finetune.backend import (
+        QUANT_SCHEMES,
         export_onnx,
         max_prob_diff,
         onnx_window_logits,
@@ -133,6 +135,8 @@ def export_bundle(opts: ExportOptions) -> Path:
     from training.finetune.model import load_model
     from training.finetune.model_card import render_model_card
 
+    if opts.quantization != "auto" and opts.quantization not in QUANT_SCHEMES:
+        raise ExportError(f"--quantization must be auto or one of {', '.join(QUANT_SCHEMES)}, not {opts.quantization!r}")
     info = _read_run(opts.run)
     args = info["args"]
     threads = opts.threads or len(os.sched_getaffinity(0))
@@ -158,9 +162,7 @@ def export_bundle(opts: ExportOptions) -> Path:
     try:
         fp32_path = stage / "model.fp32.onnx"
         export_onnx(model, fp32_path, pad_id)
-        quantize_int8(fp32_path, stage / MODEL_FILE)
         fp32 = ort_session(fp32_path, threads)
-        int8 = ort_session(stage / MODEL_FILE, threads)
 
         # Parity 1: fp32 ONNX vs torch, window by window, on dev texts (longest first, so windowing is covered).
         by_len = sorted(range(len(dev)), key=lambda i: -len(dev.texts[i]))
@@ -168,45 +170,76 @@ def export_bundle(opts: ExportOptions) -> Path:
         parity_texts = [dev.normalized[i] for i in parity_idx]
         torch_w = torch_window_logits(model, windower, parity_texts, opts.batch_size)
         _, fp32_w = onnx_window_logits(fp32, windower, parity_texts, opts.batch_size)
-
-        # Score dev (and test) with both ONNX models; calibrate and choose thresholds on the INT8 scores.
-        dev_int8, _ = onnx_window_logits(int8, windower, dev.normalized, opts.batch_size, opts.show_progress, "dev int8")
         dev_fp32, _ = onnx_window_logits(fp32, windower, dev.normalized, opts.batch_size, opts.show_progress, "dev fp32")
-        calibration = fit_calibration(dev_int8, dev.labels, trained, method)
-        dev_probs = apply_calibration(dev_int8, calibration)
-        points = choose_operating_points(dev_probs, dev.labels, trained, base_policy)
-        policy = apply_operating_points(base_policy, points, version=f"{base_policy.version}+{name}.{version}")
 
-        cal_probs_torch = apply_calibration(torch_w, calibration)
-        cal_probs_fp32 = apply_calibration(fp32_w, calibration)
-        fp32_diff = max(max_prob_diff(torch_w, fp32_w), float(np.max(np.abs(cal_probs_torch - cal_probs_fp32))))
-        dev_probs_fp32 = apply_calibration(dev_fp32, calibration)
-        agree = float(np.mean(decisions(dev_probs, policy, trained) == decisions(dev_probs_fp32, policy, trained)))
-        f1_int8 = split_metrics(dev_probs, dev.labels, points)["macro_f1"]
-        f1_fp32 = split_metrics(dev_probs_fp32, dev.labels, points)["macro_f1"]
-        parity = {
-            "fp32_vs_torch_max_abs_prob_diff": fp32_diff,
-            "fp32_vs_torch_windows": len(torch_w),
-            "int8_vs_fp32_decision_agreement": round(agree, 4),
-            "int8_macro_f1_dev": f1_int8,
-            "fp32_macro_f1_dev": f1_fp32,
-            "int8_macro_f1_drop": round(f1_fp32 - f1_int8, 4),
-            "dev_texts": len(dev),
-        }
-        failures = []
-        if fp32_diff > MAX_FP32_PROB_DIFF:
-            failures.append(f"fp32 ONNX differs from torch by {fp32_diff:.2e} > {MAX_FP32_PROB_DIFF:g}")
-        if agree < MIN_INT8_AGREEMENT:
-            failures.append(f"INT8 decisions agree with fp32 on {agree:.2%} < {MIN_INT8_AGREEMENT:.0%} of dev")
-        if f1_fp32 - f1_int8 > MAX_INT8_F1_DROP:
-            failures.append(f"INT8 loses {100 * (f1_fp32 - f1_int8):.2f} macro-F1 points > {100 * MAX_INT8_F1_DROP:g}")
-        parity["passed"] = not failures
-        if failures and not opts.allow_parity_failure:
-            raise ExportError("parity check failed: " + "; ".join(failures))
+        # Parity 2, per INT8 scheme (fastest first): score dev with it, calibrate and choose thresholds on
+        # those scores (the shipped model's own), and compare decisions with fp32 under that policy.
+        schemes = list(QUANT_SCHEMES) if opts.quantization == "auto" else [opts.quantization]
+        attempts: list[dict[str, Any]] = []
+        chosen: dict[str, Any] | None = None
+        for scheme in schemes:
+            path = stage / f"model.{scheme}.onnx"
+            quantize_int8(fp32_path, path, scheme)
+            int8 = ort_session(path, threads)
+            dev_int8, _ = onnx_window_logits(int8, windower, dev.normalized, opts.batch_size, opts.show_progress,
+                                             f"dev {scheme}")
+            calibration = fit_calibration(dev_int8, dev.labels, trained, method)
+            dev_probs = apply_calibration(dev_int8, calibration)
+            points = choose_operating_points(dev_probs, dev.labels, trained, base_policy)
+            policy = apply_operating_points(base_policy, points, version=f"{base_policy.version}+{name}.{version}")
+            cal_probs_torch = apply_calibration(torch_w, calibration)
+            cal_probs_fp32 = apply_calibration(fp32_w, calibration)
+            fp32_diff = max(max_prob_diff(torch_w, fp32_w), float(np.max(np.abs(cal_probs_torch - cal_probs_fp32))))
+            dev_probs_fp32 = apply_calibration(dev_fp32, calibration)
+            agree = float(np.mean(decisions(dev_probs, policy, trained) == decisions(dev_probs_fp32, policy, trained)))
+            f1_int8 = split_metrics(dev_probs, dev.labels, points)["macro_f1"]
+            f1_fp32 = split_metrics(dev_probs_fp32, dev.labels, points)["macro_f1"]
+            failures = []
+            if fp32_diff > MAX_FP32_PROB_DIFF:
+                failures.append(f"fp32 ONNX differs from torch by {fp32_diff:.2e} > {MAX_FP32_PROB_DIFF:g}")
+            if agree < MIN_INT8_AGREEMENT:
+                failures.append(f"{scheme} INT8 decisions agree with fp32 on {agree:.2%} < {MIN_INT8_AGREEMENT:.0%} of dev")
+            if f1_fp32 - f1_int8 > MAX_INT8_F1_DROP:
+                failures.append(f"{scheme} INT8 loses {100 * (f1_fp32 - f1_int8):.2f} macro-F1 points "
+                                f"> {100 * MAX_INT8_F1_DROP:g}")
+            attempt = {
+                "scheme": scheme,
+                "quantization": QUANT_SCHEMES[scheme],
+                "size_bytes": path.stat().st_size,
+                "fp32_vs_torch_max_abs_prob_diff": fp32_diff,
+                "fp32_vs_torch_windows": len(torch_w),
+                "int8_vs_fp32_decision_agreement": round(agree, 4),
+                "int8_macro_f1_dev": f1_int8,
+                "fp32_macro_f1_dev": f1_fp32,
+                "int8_macro_f1_drop": round(f1_fp32 - f1_int8, 4),
+                "dev_texts": len(dev),
+                "passed": not failures,
+                "failures": failures,
+            }
+            attempts.append(attempt)
+            current = {"attempt": attempt, "path": path, "session": int8, "calibration": calibration,
+                       "dev_probs": dev_probs, "points": points, "policy": policy}
+            if chosen is None or attempt["int8_vs_fp32_decision_agreement"] > \
+                    chosen["attempt"]["int8_vs_fp32_decision_agreement"]:
+                chosen = current
+            if not failures:
+                chosen = current
+                break
+        assert chosen is not None
+        if not chosen["attempt"]["passed"] and not opts.allow_parity_failure:
+            raise ExportError("parity check failed: " + "; ".join(f for a in attempts for f in a["failures"]))
+        os.replace(chosen["path"], stage / MODEL_FILE)
+        for a in attempts:
+            (stage / f"model.{a['scheme']}.onnx").unlink(missing_ok=True)
+        int8, calibration, points, policy = chosen["session"], chosen["calibration"], chosen["points"], chosen["policy"]
+        dev_probs = chosen["dev_probs"]
+        parity = {k: v for k, v in chosen["attempt"].items() if k != "failures"}
+        parity["attempts"] = attempts
+        scheme_label = QUANT_SCHEMES[chosen["attempt"]["scheme"]]
 
         metrics: dict[str, Any] = {
             "model": {"name": name, "version": version, "base_encoder": describe_base(str(args["base"])),
-                      "quantization": "int8"},
+                      "quantization": scheme_label},
             "dev": split_metrics(dev_probs, dev.labels, points),
         }
         if test is not None:
@@ -237,7 +270,7 @@ def export_bundle(opts: ExportOptions) -> Path:
             base_encoder=describe_base(str(args["base"])), max_length=int(args["max_length"]),
             window_stride=int(args["window_stride"]), pad_token_id=pad_id, text_prefix=prefix, slugs=CATEGORY_SLUGS,
             trained_categories=tuple(s for s, t in zip(CATEGORY_SLUGS, trained, strict=True) if t),
-            calibration=calibration, data_sources=tuple(sources),
+            calibration=calibration, data_sources=tuple(sources), quantization=scheme_label,
             metrics={"dev_macro_f1": metrics["dev"]["macro_f1"],
                      "test_macro_f1": metrics.get("test", {}).get("macro_f1"),
                      "baseline_test_macro_f1": metrics.get("baseline", {}).get("test_macro_f1"),
