@@ -136,3 +136,28 @@ def test_finished_run_continues_with_a_larger_budget(tiny_run: Path, tmp_path: P
     ckpt = torch.load(args.out / "checkpoint.pt", weights_only=True)
     assert ckpt["state"]["global_step"] == 7
     assert [h["step"] for h in info["state"]["history"]][-1] == 7
+
+
+def test_oversampling_repeats_rare_positives_only() -> None:
+    from training.finetune.dataset import oversample_rare
+
+    train = read_split(DATA / "train.jsonl")
+    out, factors = oversample_rare(train, min_positives=14)
+    assert factors and all(1 < f <= 8 for f in factors.values())
+    before, after = train.labels.sum(axis=0), out.labels.sum(axis=0)
+    for c in range(9):
+        if before[c]:
+            assert after[c] >= min(14, before[c] * 8) or after[c] == before[c] * 8
+    normal = train.labels.sum(axis=1) == 0
+    assert (out.labels.sum(axis=1) == 0).sum() == normal.sum()  # negatives are not repeated
+    assert oversample_rare(train, 0)[0] is train
+
+
+def test_oversampling_reaches_the_run(tiny_run: Path, tmp_path: Path) -> None:
+    from training.finetune.trainer import train
+
+    info = train(_args(tiny_run.parent / "encoder", tmp_path / "run", max_steps=2, oversample_rare=14),
+                 show_progress=False)
+    s = info["summary"]
+    assert s["oversampled"] and s["train_rows_per_epoch"] > s["train_rows"] == 49
+    assert sum(s["sources"]["train"].values()) == 49  # licences/row counts report unique rows

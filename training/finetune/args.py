@@ -45,6 +45,7 @@ class TrainingArguments:
     max_per_source: int | None = None  # cap rows per data source (same rule)
     rare_category_rows: int = 5000  # categories with fewer train positives keep all of them in a subsample
     min_train_positives: int = 20  # fewer train positives: the category is untrained (masked)
+    oversample_rare: int = 0  # repeat positives of categories with fewer train rows, up to ~this many (0: off)
     max_steps: int | None = None
     time_budget_minutes: float | None = None  # total training time over all resumes; then stop cleanly
     # Evaluation, checkpoints, early stopping

@@ -82,6 +82,9 @@ def train_cmd(
     calibration: Annotated[str, typer.Option("--calibration", help="platt or isotonic.")] = "platt",
     min_train_positives: Annotated[int, typer.Option(
         "--min-train-positives", help="Categories with fewer training positives are untrained (masked).")] = 20,
+    oversample_rare: Annotated[int, typer.Option(
+        "--oversample-rare", help="Repeat positives of categories with fewer training rows, up to about N per epoch "
+                                  "(at most 8 copies; 0: off).")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Fine-tune an encoder (or fit the TF-IDF baseline) on the built corpus; calibrate and pick thresholds on dev."""
@@ -123,7 +126,7 @@ def train_cmd(
                     max_per_source=max_per_source, eval_every_steps=eval_every or None,
                     eval_samples=eval_samples or None, save_every_steps=save_every, early_stopping_patience=patience,
                     threads=threads, device=device, calibration=calibration,  # type: ignore[arg-type]
-                    min_train_positives=min_train_positives,
+                    min_train_positives=min_train_positives, oversample_rare=oversample_rare,
                 )
             except ValueError as e:
                 raise UserError(str(e)) from None

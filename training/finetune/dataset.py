@@ -141,6 +141,30 @@ def subsample(split: Split, max_rows: int | None, max_per_source: int | None, ra
     return split.subset(sorted(chosen))
 
 
+def oversample_rare(split: Split, min_positives: int, max_repeat: int = 8) -> tuple[Split, dict[str, int]]:
+    """Repeat the positive rows of categories with fewer than ``min_positives`` positives (at most
+    ``max_repeat`` copies each) so every such category shows up about ``min_positives`` times per epoch.
+
+    Deterministic; a row positive for several rare categories takes the largest factor. Returns the
+    split (rows in original order, repeats adjacent) and the repeat factor per category."""
+    if min_positives <= 0:
+        return split, {}
+    counts = split.labels.sum(axis=0)
+    factors: dict[str, int] = {}
+    per_row = np.ones(len(split), dtype=np.int64)
+    for c, slug in enumerate(CATEGORY_SLUGS):
+        n = int(counts[c])
+        if 0 < n < min_positives:
+            f = min(max_repeat, int(np.ceil(min_positives / n)))
+            factors[slug] = f
+            rows = split.labels[:, c] > 0
+            per_row[rows] = np.maximum(per_row[rows], f)
+    if not factors:
+        return split, {}
+    index = np.repeat(np.arange(len(split)), per_row)
+    return split.subset(index.tolist()), factors
+
+
 def eval_subsample(split: Split, n: int | None, seed: int) -> Split:
     """A deterministic dev subsample for evaluations during training (all of it when small)."""
     if n is None or len(split) <= n:

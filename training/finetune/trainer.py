@@ -33,6 +33,7 @@ from training.finetune.dataset import (
     Split,
     eval_subsample,
     length_grouped_batches,
+    oversample_rare,
     pos_weights,
     read_splits,
     subsample,
@@ -177,6 +178,10 @@ class Trainer:
         if not self.trained.any():
             raise TrainError(f"{a.data}/train.jsonl: no category has {a.min_train_positives}+ positive rows")
         self.train_split = subsample(full_train, a.max_train_samples, a.max_per_source, a.rare_category_rows, a.seed)
+        unique = self.train_split
+        unique_rows = len(unique)
+        _ = unique.normalized  # normalise once, before rows are repeated
+        self.train_split, self.oversampled = oversample_rare(unique, a.oversample_rare)
         self.dev_split: Split = splits["dev"]
         self.test_split: Split | None = splits.get("test")
         self.dev_eval = eval_subsample(self.dev_split, a.eval_samples, a.seed)
@@ -223,7 +228,9 @@ class Trainer:
             "freeze_embeddings": self.freeze_embeddings,
             "trainable_parameters": n_trainable,
             "parameters": n_total,
-            "train_rows": len(self.train_split),
+            "train_rows": unique_rows,
+            "train_rows_per_epoch": len(self.train_split),
+            "oversampled": self.oversampled,
             "train_rows_available": len(full_train),
             "dev_rows": len(self.dev_split),
             "dev_eval_rows": len(self.dev_eval),
@@ -234,7 +241,7 @@ class Trainer:
             "dev_positives": self.dev_split.positives(),
             "pos_weight": {s: round(float(v), 3) for s, v in zip(CATEGORY_SLUGS, self.pos_weight, strict=True)},
             "sources": {name: sp.source_counts() for name, sp in
-                        (("train", self.train_split), ("dev", self.dev_split), ("test", self.test_split)) if sp is not None},
+                        (("train", unique), ("dev", self.dev_split), ("test", self.test_split)) if sp is not None},
             "batches_per_epoch": self.batches_per_epoch,
             "planned_steps": self.total_steps,
             "max_train_length": max(self.train_lengths) if self.train_lengths else 0,
