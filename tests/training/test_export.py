@@ -107,7 +107,8 @@ def test_model_card_names_data_metrics_and_limits(tiny_bundle: Path) -> None:
 
 
 @pytest.mark.parametrize("scheme", ["weight-only", "weight-only-fp32"])
-def test_weight_only_int8_is_close_to_fp32_and_batch_independent(exported, tmp_path: Path, scheme: str) -> None:
+def test_weight_only_int8_is_close_to_fp32_and_batch_independent(exported, tmp_path: Path, scheme: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from training.finetune.backend import max_prob_diff, onnx_window_logits, ort_session, quantize_int8
 
     model, fp32, windower = exported
@@ -116,7 +117,12 @@ def test_weight_only_int8_is_close_to_fp32_and_batch_independent(exported, tmp_p
 
     export_onnx(model, src, pad_token_id=windower.pad_token_id)
     out = tmp_path / f"{scheme}.onnx"
-    quantize_int8(src, out, scheme)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    quantize_int8(Path("..") / src.name, Path("..") / out.name, scheme)  # relative to the caller's cwd
+    # The quantiser's scratch files (sym_shape_infer_temp.onnx, *.data) never land in the caller's directory.
+    assert Path.cwd() == cwd and list(cwd.iterdir()) == []
     assert out.stat().st_size < src.stat().st_size
     q = ort_session(out, threads=1)
     norm = [normalize_text(t) for t in TEXTS]
@@ -150,3 +156,15 @@ def test_auto_ships_the_fastest_scheme_that_passes(tiny_bundle: Path) -> None:
     assert attempts[-1]["passed"] and all(not a["passed"] for a in attempts[:-1])
     assert m["parity"]["scheme"] == attempts[-1]["scheme"]
     assert load_bundle(tiny_bundle).manifest.quantization == attempts[-1]["quantization"]
+
+
+def test_quantiser_scratch_files_stay_out_of_the_callers_directory(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.finetune.backend import _scratch_cwd
+
+    monkeypatch.chdir(tmp_path)
+    with _scratch_cwd():
+        scratch = Path.cwd()
+        Path("sym_shape_infer_temp.onnx").write_bytes(b"x")  # what onnxruntime does when shape inference gives up
+    assert Path.cwd() == tmp_path and scratch != tmp_path
+    assert not scratch.exists() and list(tmp_path.iterdir()) == []

@@ -6,7 +6,11 @@ and returns ``logits`` (float32 [batch, 9]): exactly what ``models.predictor`` f
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +69,27 @@ def _quiet_root(level: int) -> int:
     return old
 
 
+@contextlib.contextmanager
+def _scratch_cwd() -> Iterator[None]:
+    """Run inside a throw-away working directory: onnxruntime's symbolic shape inference drops
+    ``sym_shape_infer_temp.onnx`` (+ external data) into the current directory when it gives up."""
+    old = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="shenhe-quant-") as tmp:
+        os.chdir(tmp)
+        try:
+            yield
+        finally:
+            os.chdir(old)
+
+
 def quantize_int8(fp32_path: Path, int8_path: Path, scheme: str = "dynamic") -> None:
     """Quantise an fp32 ONNX model with one of :data:`QUANT_SCHEMES`."""
+    fp32_path, int8_path = Path(fp32_path).resolve(), Path(int8_path).resolve()
+    with _scratch_cwd():
+        _quantize_int8(fp32_path, int8_path, scheme)
+
+
+def _quantize_int8(fp32_path: Path, int8_path: Path, scheme: str) -> None:
     import logging
 
     import onnx
