@@ -83,5 +83,53 @@ def print_summary(console: Console, m: dict[str, Any]) -> None:
     console.print(t)
 
 
+@cli_errors(EvalDataError, PolicyError, BundleError)
+def promote_cmd(
+    candidate: Annotated[Path, typer.Argument(help="The bundle to promote (e.g. models/bundles/NAME).")],
+    data: Annotated[Path, typer.Option("--data", help="The fixed labelled evaluation set (JSONL, as for shenhe eval).")],
+    target: Annotated[Path, typer.Option("--target", help="The serving bundle it would replace.")] = Path("models/default"),
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, max=1.0, help="Macro-F1 the candidate may lose (0: no worse).")] = 0.0,
+    allow_category_regressions: Annotated[bool, typer.Option("--allow-category-regressions", help="Do not block on a category whose average precision is significantly worse.")] = False,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=100, help="Paired bootstrap resamples for the significance tests.")] = 1000,
+    record: Annotated[Path, typer.Option("--record", help="Append every verdict (promoted or not) to this JSONL audit file.")] = Path("var/promotions.jsonl"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Judge and record, but do not replace the target.")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="onnxruntime intra-op threads.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Replace --target with CANDIDATE only if it is no worse on --data; exit 1 (target untouched) if it is worse."""
+    from eval.promote import PromotionRule, promote
+
+    rule = PromotionRule(macro_f1_tolerance=tolerance, forbid_category_regressions=not allow_category_regressions,
+                         n_bootstrap=bootstrap, seed=seed)
+    verdict = promote(candidate, target, data, rule=rule, record=record, dry_run=dry_run, threads=threads,
+                      show_progress=not quiet)
+    console = Console(stderr=True)
+    t = Table(title=f"{verdict.candidate['name']} {verdict.candidate['version']} (candidate) vs "
+                    f"{verdict.current['name']} {verdict.current['version']} (current) on {verdict.data['n']} texts")
+    for col in ("metric", "candidate", "current", "difference (95% CI)", "better"):
+        t.add_column(col)
+
+    def row(name: str, v: dict[str, Any] | None) -> None:
+        if not v or v.get("this") is None or v.get("other") is None:
+            return
+        ci = v.get("ci")
+        t.add_row(name, f"{v['this']:.4f}", f"{v['other']:.4f}",
+                  f"{v['diff']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""), str(v.get("better") or ""))
+
+    row("macro-F1", verdict.checks["macro_f1"])
+    row("harmful passed", verdict.checks["passed_harmful"])
+    for slug, c in verdict.checks["per_category"].items():
+        row(f"{slug} AP", c["average_precision"])
+    console.print(t)
+    if verdict.promote:
+        print(f"{'would promote' if dry_run else 'promoted'}: {candidate} -> {target}"
+              + ("" if dry_run else f" (previous kept in {target.name}.previous)"))
+        return
+    print(f"not promoted: {'; '.join(verdict.reasons)}")
+    raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.command("eval")(eval_cmd)
+    app.command("promote")(promote_cmd)
