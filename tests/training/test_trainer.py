@@ -161,3 +161,28 @@ def test_oversampling_reaches_the_run(tiny_run: Path, tmp_path: Path) -> None:
     s = info["summary"]
     assert s["oversampled"] and s["train_rows_per_epoch"] > s["train_rows"] == 49
     assert sum(s["sources"]["train"].values()) == 49  # licences/row counts report unique rows
+
+
+def test_resume_on_the_command_line_can_change_budget_and_patience(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from shenhe.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    res = CliRunner().invoke(app, ["train", "--resume", "--out", str(run), "--max-steps", "14", "--patience", "9",
+                                   "--quiet"])
+    assert res.exit_code == 0, res.output
+    after = json.loads((run / "run.json").read_text(encoding="utf-8"))
+    assert after["args"]["early_stopping_patience"] == 9 != before["args"]["early_stopping_patience"]
+    assert after["args"]["max_steps"] == 14 and after["state"]["global_step"] == 14
+    # A copied run resumes where it is now, never in the folder it was copied from.
+    assert after["args"]["out"] == str(run)
+    assert json.loads((tiny_run / "run.json").read_text(encoding="utf-8"))["state"]["global_step"] == 12
+    # Everything else is the run's own: a resume never silently changes the recipe.
+    changed = ("early_stopping_patience", "max_steps", "out")
+    assert {k: v for k, v in after["args"].items() if k not in changed} == \
+        {k: v for k, v in before["args"].items() if k not in changed}

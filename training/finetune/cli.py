@@ -76,7 +76,7 @@ def train_cmd(
     eval_every: Annotated[int, typer.Option("--eval-every-steps", help="Dev evaluation every N steps (0: epochs only).")] = 300,
     eval_samples: Annotated[int, typer.Option("--eval-samples", help="Dev subsample during training (0: all).")] = 2000,
     save_every: Annotated[int, typer.Option("--save-every-steps", help="Checkpoint every N steps.")] = 100,
-    patience: Annotated[int, typer.Option("--patience", help="Early stopping: evaluations without improvement.")] = 3,
+    patience: Annotated[int | None, typer.Option("--patience", min=1, help="Early stopping: evaluations without improvement (default 3; with --resume, replaces the run's value).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: cores available).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     calibration: Annotated[str, typer.Option("--calibration", help="platt or isotonic.")] = "platt",
@@ -110,7 +110,7 @@ def train_cmd(
         if resume:
             args = load_run_args(out)
             for name, value in (("epochs", epochs), ("max_steps", max_steps), ("time_budget_minutes", time_budget),
-                                ("threads", threads)):
+                                ("threads", threads), ("early_stopping_patience", patience)):
                 if value is not None:
                     setattr(args, name, value)
         else:
@@ -124,7 +124,8 @@ def train_cmd(
                     freeze_embeddings=freeze_embeddings, freeze_layers=freeze_layers, max_steps=max_steps,
                     time_budget_minutes=time_budget, max_train_samples=max_train_samples,
                     max_per_source=max_per_source, eval_every_steps=eval_every or None,
-                    eval_samples=eval_samples or None, save_every_steps=save_every, early_stopping_patience=patience,
+                    eval_samples=eval_samples or None, save_every_steps=save_every,
+                    early_stopping_patience=3 if patience is None else patience,
                     threads=threads, device=device, calibration=calibration,  # type: ignore[arg-type]
                     min_train_positives=min_train_positives, oversample_rare=oversample_rare,
                 )

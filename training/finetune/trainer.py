@@ -506,4 +506,6 @@ def load_run_args(out: Path) -> TrainingArguments:
     run_file = out / RUN_FILE
     if not run_file.is_file():
         raise TrainError(f"{out}: no {RUN_FILE} to resume from")
-    return TrainingArguments.from_json(json.loads(run_file.read_text(encoding="utf-8"))["args"])
+    args = TrainingArguments.from_json(json.loads(run_file.read_text(encoding="utf-8"))["args"])
+    args.out = Path(out)  # the folder it is in now: a run that was moved or copied resumes where it is
+    return args
