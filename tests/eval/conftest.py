@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from eval.data import EvalSet, read_eval_file
+from eval.metrics import Thresholds, decide
 from eval.scoring import Scored, from_predictions
 from models.normalize import normalize_text
 from models.policy import CATEGORY_SLUGS, Policy, load_policy
@@ -136,3 +137,31 @@ def full_report(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
     cfg = EvalConfig(data=HAND8, out=out, bundle=Path("this"), compare=Path("other"), baseline=Path("runs/tfidf"),
                      perturb=True, bootstrap=200, prevalence=0.05, daily_volume=100_000, show_progress=False)
     return run_eval(cfg, factory=factory, baseline_loader=lambda _: FakeBaseline(table))
+
+
+def scored_with_default_policy(scores: np.ndarray, name: str) -> Scored:
+    """A model's output on a synthetic set, decided with the shipped policy's thresholds."""
+    thr = Thresholds.from_policy(load_policy())
+    d = decide(scores, thr.review, thr.block, thr.can_block, reviewable=thr.reviewable)
+    return Scored(name=name, version="1", policy_name="p", policy_version="1", scores=scores, decisions=d,
+                  term_review=np.zeros(len(scores), dtype=bool), thresholds=thr, top_category=[""] * len(scores))
+
+
+@pytest.fixture
+def scored():  # type: ignore[no-untyped-def]
+    return scored_with_default_policy
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """400 texts; model 'good' separates rumor well, 'noisy' barely; both identical on insult."""
+    rng = np.random.default_rng(0)
+    n = 400
+    y = np.zeros((n, 9), dtype=bool)
+    y[:, RUMOR] = rng.random(n) < 0.3
+    y[:, INSULT] = rng.random(n) < 0.3
+    good, noisy = np.zeros((n, 9)), np.zeros((n, 9))
+    good[:, RUMOR] = np.clip(0.8 * y[:, RUMOR] + 0.3 * rng.random(n), 0, 1)
+    noisy[:, RUMOR] = np.clip(0.1 * y[:, RUMOR] + 0.9 * rng.random(n), 0, 1)
+    good[:, INSULT] = noisy[:, INSULT] = np.clip(0.5 * y[:, INSULT] + 0.5 * rng.random(n), 0, 1)
+    return y, good, noisy

@@ -6,39 +6,17 @@ import numpy as np
 import pytest
 
 from eval.compare import compare_runs, direction
-from eval.metrics import Thresholds, decide
-from eval.scoring import Scored
-from models.policy import CATEGORY_SLUGS, load_policy
+from models.policy import CATEGORY_SLUGS
 
 RUMOR = CATEGORY_SLUGS.index("rumor")
 INSULT = CATEGORY_SLUGS.index("insult_defamation")
 
 
-def scored(scores: np.ndarray, name: str) -> Scored:
-    thr = Thresholds.from_policy(load_policy())
-    d = decide(scores, thr.review, thr.block, thr.can_block, reviewable=thr.reviewable)
-    return Scored(name=name, version="1", policy_name="p", policy_version="1", scores=scores, decisions=d,
-                  term_review=np.zeros(len(scores), dtype=bool), thresholds=thr, top_category=[""] * len(scores))
 
 
-@pytest.fixture(scope="module")
-def synthetic() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """400 texts; model 'good' separates rumor well, 'noisy' barely; both equal on insult."""
-    rng = np.random.default_rng(0)
-    n = 400
-    y = np.zeros((n, 9), dtype=bool)
-    y[:, RUMOR] = rng.random(n) < 0.3
-    y[:, INSULT] = rng.random(n) < 0.3
-    good = np.zeros((n, 9))
-    noisy = np.zeros((n, 9))
-    good[:, RUMOR] = np.clip(0.8 * y[:, RUMOR] + 0.3 * rng.random(n), 0, 1)
-    noisy[:, RUMOR] = np.clip(0.1 * y[:, RUMOR] + 0.9 * rng.random(n), 0, 1)
-    shared = np.clip(0.5 * y[:, INSULT] + 0.5 * rng.random(n), 0, 1)
-    good[:, INSULT] = noisy[:, INSULT] = shared
-    return y, good, noisy
 
 
-def test_self_comparison_has_zero_difference(synthetic: tuple) -> None:
+def test_self_comparison_has_zero_difference(synthetic: tuple, scored) -> None:
     y, good, _ = synthetic
     r = compare_runs(y, scored(good, "a"), scored(good, "a"), n_boot=200, seed=1)
     f1 = r["metrics"]["binary.f1"]
@@ -48,7 +26,7 @@ def test_self_comparison_has_zero_difference(synthetic: tuple) -> None:
     assert r["per_category_verdict"]["national_security"] is None  # no support: no verdict
 
 
-def test_better_model_is_named_per_category(synthetic: tuple) -> None:
+def test_better_model_is_named_per_category(synthetic: tuple, scored) -> None:
     y, good, noisy = synthetic
     r = compare_runs(y, scored(good, "good"), scored(noisy, "noisy"), n_boot=300, seed=1,
                      slices={"by_length.all": np.ones(len(y), dtype=bool)})

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from eval.metrics import Thresholds, decide
 from eval.promote import PromotionRule, judge, swap_in
-from eval.scoring import Scored
 from models.bundle import BundleError, load_bundle
-from models.policy import CATEGORY_SLUGS, load_policy
+from models.policy import CATEGORY_SLUGS
 from shenhe.cli import app
 
 RUMOR = CATEGORY_SLUGS.index("rumor")
@@ -23,29 +21,11 @@ HAND8 = Path(__file__).with_name("fixtures") / "hand8.jsonl"
 runner = CliRunner()
 
 
-def scored(scores: np.ndarray, name: str) -> Scored:
-    thr = Thresholds.from_policy(load_policy())
-    d = decide(scores, thr.review, thr.block, thr.can_block, reviewable=thr.reviewable)
-    return Scored(name=name, version="1", policy_name="p", policy_version="1", scores=scores, decisions=d,
-                  term_review=np.zeros(len(scores), dtype=bool), thresholds=thr, top_category=[""] * len(scores))
 
 
-@pytest.fixture(scope="module")
-def synthetic() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """400 texts; 'good' separates rumor well, 'noisy' barely; both identical on insult."""
-    rng = np.random.default_rng(0)
-    n = 400
-    y = np.zeros((n, 9), dtype=bool)
-    y[:, RUMOR] = rng.random(n) < 0.3
-    y[:, INSULT] = rng.random(n) < 0.3
-    good, noisy = np.zeros((n, 9)), np.zeros((n, 9))
-    good[:, RUMOR] = np.clip(0.8 * y[:, RUMOR] + 0.3 * rng.random(n), 0, 1)
-    noisy[:, RUMOR] = np.clip(0.1 * y[:, RUMOR] + 0.9 * rng.random(n), 0, 1)
-    good[:, INSULT] = noisy[:, INSULT] = np.clip(0.5 * y[:, INSULT] + 0.5 * rng.random(n), 0, 1)
-    return y, good, noisy
 
 
-def test_a_worse_candidate_is_refused_with_the_reasons(synthetic: tuple) -> None:
+def test_a_worse_candidate_is_refused_with_the_reasons(synthetic: tuple, scored) -> None:
     y, good, noisy = synthetic
     ok, reasons, checks = judge(y, scored(noisy, "cand"), scored(good, "cur"), PromotionRule(n_bootstrap=200))
     assert not ok
@@ -55,14 +35,14 @@ def test_a_worse_candidate_is_refused_with_the_reasons(synthetic: tuple) -> None
     assert checks["per_category"]["insult_defamation"]["verdict"] == "no significant difference"
 
 
-def test_a_better_or_equal_candidate_is_promoted(synthetic: tuple) -> None:
+def test_a_better_or_equal_candidate_is_promoted(synthetic: tuple, scored) -> None:
     y, good, noisy = synthetic
     assert judge(y, scored(good, "cand"), scored(noisy, "cur"), PromotionRule(n_bootstrap=200))[0]
     ok, reasons, checks = judge(y, scored(good, "cand"), scored(good, "cur"), PromotionRule(n_bootstrap=200))
     assert ok and reasons == [] and checks["macro_f1"]["diff"] == 0.0
 
 
-def test_tolerance_and_category_switch_relax_the_gate(synthetic: tuple) -> None:
+def test_tolerance_and_category_switch_relax_the_gate(synthetic: tuple, scored) -> None:
     y, good, noisy = synthetic
     cand, cur = scored(noisy, "cand"), scored(good, "cur")
     gap = judge(y, cand, cur, PromotionRule(n_bootstrap=200))[2]["macro_f1"]
@@ -75,7 +55,7 @@ def test_tolerance_and_category_switch_relax_the_gate(synthetic: tuple) -> None:
     assert not ok and reasons[0].startswith("lets more harmful texts pass")
 
 
-def test_a_set_without_positives_cannot_judge(synthetic: tuple) -> None:
+def test_a_set_without_positives_cannot_judge(synthetic: tuple, scored) -> None:
     _, good, _ = synthetic
     from eval.errors import EvalDataError
 
@@ -115,7 +95,7 @@ def test_cli_promotes_an_equal_bundle_and_records_it(tiny_bundle: Path, tmp_path
 
 
 def test_cli_refuses_a_worse_bundle_and_leaves_the_target(tiny_bundle: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                                          monkeypatch: pytest.MonkeyPatch, scored) -> None:
     """The scores are stubbed (a random tiny model has no reliable 'worse'); loading, judging, the exit
     code, the message and the untouched target are real."""
     import eval.promote as promote_mod
