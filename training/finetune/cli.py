@@ -125,7 +125,7 @@ def train_cmd(
                     time_budget_minutes=time_budget, max_train_samples=max_train_samples,
                     max_per_source=max_per_source, eval_every_steps=eval_every or None,
                     eval_samples=eval_samples or None, save_every_steps=save_every,
-                    early_stopping_patience=3 if patience is None else patience,
+                    **({} if patience is None else {"early_stopping_patience": patience}),  # None: the dataclass default
                     threads=threads, device=device, calibration=calibration,  # type: ignore[arg-type]
                     min_train_positives=min_train_positives, oversample_rare=oversample_rare,
                 )
