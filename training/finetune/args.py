@@ -18,6 +18,7 @@ class TrainingArguments:
     base: str  # hub id or local directory of the encoder (AutoModel / AutoTokenizer)
     data: Path  # folder with train.jsonl, dev.jsonl[, test.jsonl]
     out: Path  # run directory
+    init_from: str | None = None  # warm start: a run, model folder or bundle fine-tuned from `base` (see warm_start.py)
     # Optimisation
     epochs: int = 3
     learning_rate: float = 5e-5  # encoder

@@ -54,6 +54,9 @@ def train_cmd(
     base: Annotated[str | None, typer.Option(
         "--base", help="Encoder: local directory or hub id (default: the imported me5-small-zh in ~/.cache/shenhe).")] = None,
     data: Annotated[Path, typer.Option("--data", help="Folder with train.jsonl, dev.jsonl and (optional) test.jsonl.")] = DEFAULT_DATA,
+    init_from: Annotated[Path | None, typer.Option(
+        "--init-from", help="Warm start from a run, its model/ folder or a bundle fine-tuned from --base "
+                            "(e.g. models/default when retraining on reviewer labels).")] = None,
     arch: Annotated[str, typer.Option("--arch", help="bert (fine-tune the encoder) or tfidf (baseline).")] = "bert",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (default 3).")] = None,
@@ -119,6 +122,7 @@ def train_cmd(
             try:
                 args = TrainingArguments(
                     base=str(base_path) if base_path.exists() else chosen, data=data, out=out,
+                    init_from=str(init_from) if init_from else None,
                     epochs=epochs or 3, learning_rate=lr, head_learning_rate=head_lr, batch_size=batch_size,
                     max_length=max_length, window_stride=stride, warmup_ratio=warmup_ratio, seed=seed,
                     freeze_embeddings=freeze_embeddings, freeze_layers=freeze_layers, max_steps=max_steps,

@@ -252,7 +252,8 @@ def export_bundle(opts: ExportOptions) -> Path:
         metrics["training"] = {k: info.get(k) for k in ("train_samples_per_second", "dev_macro_f1", "test_macro_f1")}
         metrics["training"].update({k: info["summary"].get(k) for k in
                                     ("device", "train_rows", "train_rows_available", "trained_categories",
-                                     "untrained_categories", "freeze_embeddings", "trainable_parameters")})
+                                     "untrained_categories", "freeze_embeddings", "trainable_parameters",
+                                     "warm_start")})
         metrics["training"]["steps"] = info.get("state", {}).get("global_step")
         metrics["training"]["stop_reason"] = info.get("state", {}).get("stop_reason")
         if opts.baseline:

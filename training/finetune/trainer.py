@@ -47,6 +47,7 @@ from training.finetune.thresholds import (
     points_as_dicts,
     split_metrics,
 )
+from training.finetune.warm_start import init_from
 
 RUN_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -192,6 +193,10 @@ class Trainer:
                                         pad_token_id=0 if pad_id is None else int(pad_id),
                                         text_prefix=self.text_prefix)
         self.model = MultiLabelClassifier(encoder, dropout=a.dropout, pooling=a.pooling)
+        self.warm_start: dict[str, Any] | None = None
+        if a.init_from:  # also on resume: frozen tensors are not in checkpoints
+            probe = [w.ids for w in self.windower.first_windows(self.dev_eval.normalized[:32])]
+            self.warm_start = init_from(self.model, self.tokenizer, Path(a.init_from), probe).to_dict()
         freeze(self.model, self.freeze_embeddings, a.freeze_layers)
         self.model.to(self.device)
 
@@ -223,6 +228,7 @@ class Trainer:
         n_total = sum(p.numel() for p in self.model.parameters())
         self.summary = {
             "device": str(self.device),
+            "warm_start": self.warm_start,
             "text_prefix": self.text_prefix,
             "threads": threads if self.device.type == "cpu" else None,
             "freeze_embeddings": self.freeze_embeddings,
