@@ -20,12 +20,12 @@ def _fresh_model(encoder: Path):  # type: ignore[no-untyped-def]
     return MultiLabelClassifier(enc), tok, prefix
 
 
-def _probe_ids(tok, prefix: str) -> list[list[int]]:  # type: ignore[no-untyped-def]
+def _probe_windows(tok, prefix: str):  # type: ignore[no-untyped-def]
     from models.windowing import WindowTokenizer
     from training.finetune.dataset import read_split
 
     windower = WindowTokenizer(tok.backend_tokenizer, 48, 8, pad_token_id=1, text_prefix=prefix)
-    return [w.ids for w in windower.first_windows(read_split(FIXTURE_DATA / "dev.jsonl").normalized[:16])]
+    return windower.first_windows(read_split(FIXTURE_DATA / "dev.jsonl").normalized[:16])
 
 
 def _used_params(model) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
@@ -60,7 +60,7 @@ def test_init_from_a_bundle_recovers_the_trained_weights(tiny_run: Path, tmp_pat
     trained, _, _ = load_model(tiny_run / "model")
     model, tok, prefix = _fresh_model(tiny_run.parent / "encoder")
     base = _used_params(model)
-    report = init_from(model, tok, bundle, _probe_ids(tok, prefix))
+    report = init_from(model, tok, bundle, _probe_windows(tok, prefix))
     ours, theirs = _used_params(model), _used_params(trained)
 
     # Frozen on CPU: the quantised embedding tables are replaced by the base encoder's exact values.

@@ -195,7 +195,7 @@ class Trainer:
         self.model = MultiLabelClassifier(encoder, dropout=a.dropout, pooling=a.pooling)
         self.warm_start: dict[str, Any] | None = None
         if a.init_from:  # also on resume: frozen tensors are not in checkpoints
-            probe = [w.ids for w in self.windower.first_windows(self.dev_eval.normalized[:32])]
+            probe = self.windower.first_windows(self.dev_eval.normalized[:32])
             self.warm_start = init_from(self.model, self.tokenizer, Path(a.init_from), probe).to_dict()
         freeze(self.model, self.freeze_embeddings, a.freeze_layers)
         self.model.to(self.device)

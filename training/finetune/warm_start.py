@@ -23,14 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.bundle import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE
+from models.windowing import Window, pad_batch
 from training.finetune.errors import TrainError
 from training.finetune.model import CLASSIFIER_FILE, ENCODER_DIR, HEAD_FILE, MultiLabelClassifier
 
 log = logging.getLogger(__name__)
-
-BUNDLE_FILE = "bundle.json"
-ONNX_FILE = "model.onnx"
-
 
 @dataclass
 class WarmStartReport:
@@ -53,7 +51,7 @@ class WarmStartReport:
 def resolve(path: Path) -> tuple[str, Path]:
     """("model" | "bundle", directory) for a run dir, a model dir or a bundle dir."""
     path = Path(path).expanduser()
-    if (path / BUNDLE_FILE).is_file() and (path / ONNX_FILE).is_file():
+    if (path / MANIFEST_FILE).is_file() and (path / MODEL_FILE).is_file():
         return "bundle", path
     for candidate in (path, path / "model"):
         if (candidate / CLASSIFIER_FILE).is_file() and (candidate / HEAD_FILE).is_file():
@@ -73,12 +71,12 @@ def _same_vocabulary(tokenizer: Any, tokenizer_json: Path, source: Path) -> None
 
 
 def init_from(model: MultiLabelClassifier, tokenizer: Any, source: Path,
-              probe_texts: list[list[int]] | None = None) -> WarmStartReport:
+              probe: list[Window] | None = None) -> WarmStartReport:
     """Overwrite ``model``'s encoder and head with the weights in ``source`` (see module doc)."""
     kind, directory = resolve(source)
     if kind == "model":
         return _from_model_dir(model, tokenizer, directory)
-    return _from_bundle(model, tokenizer, directory, probe_texts or [])
+    return _from_bundle(model, tokenizer, directory, probe or [])
 
 
 def _from_model_dir(model: MultiLabelClassifier, tokenizer: Any, directory: Path) -> WarmStartReport:
@@ -92,7 +90,7 @@ def _from_model_dir(model: MultiLabelClassifier, tokenizer: Any, directory: Path
     for file in sorted((directory / ENCODER_DIR).glob("*.safetensors")):
         encoder_state.update(load_file(str(file)))
     head = load_file(str(directory / HEAD_FILE))
-    missing, unexpected = model.encoder.load_state_dict(encoder_state, strict=False)
+    missing, _unexpected = model.encoder.load_state_dict(encoder_state, strict=False)
     missing = [k for k in missing if "position_ids" not in k and not k.startswith("pooler.")]
     if missing:
         raise TrainError(f"--init-from {directory}: encoder weights missing {missing[:3]} (a different architecture?)")
@@ -191,10 +189,10 @@ def _bundle_tensors(onnx_path: Path) -> tuple[dict[str, np.ndarray], dict[str, n
 
 
 def _from_bundle(model: MultiLabelClassifier, tokenizer: Any, directory: Path,
-                 probe_ids: list[list[int]]) -> WarmStartReport:
-    bundle = json.loads((directory / BUNDLE_FILE).read_text(encoding="utf-8"))
-    _same_vocabulary(tokenizer, directory / "tokenizer.json", directory)
-    values, half_steps = _bundle_tensors(directory / ONNX_FILE)
+                 probe: list[Window]) -> WarmStartReport:
+    bundle = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))
+    _same_vocabulary(tokenizer, directory / TOKENIZER_FILE, directory)
+    values, half_steps = _bundle_tensors(directory / MODEL_FILE)
     report = WarmStartReport(source=str(directory), kind="bundle",
                              model=f"{bundle.get('name', '?')} {bundle.get('version', '?')}")
     own = model.state_dict()
@@ -219,26 +217,19 @@ def _from_bundle(model: MultiLabelClassifier, tokenizer: Any, directory: Path,
         new_state[key] = torch.from_numpy(np.array(value, dtype=np.float32))  # a writable copy
     model.load_state_dict(new_state, strict=False)
     report.tensors = len(new_state)
-    pooling = bundle.get("pooling")
-    if pooling and pooling != model.pooling:
-        raise TrainError(f"--init-from {directory}: pooling {pooling!r} differs from {model.pooling!r}")
-    if probe_ids:
-        report.max_abs_logit_diff = _probe(model, directory / ONNX_FILE, probe_ids, int(bundle.get("pad_token_id", 0)))
+    if probe:
+        report.max_abs_logit_diff = _probe(model, directory / MODEL_FILE, probe, int(bundle.get("pad_token_id", 0)))
     log.info("warm start from bundle %s: %d tensors (%d exact from the base, %d dequantised); "
              "max |Δlogit| vs its ONNX on %d probe texts: %s", directory, report.tensors, len(report.exact_from_base),
-             len(report.dequantized), len(probe_ids), report.max_abs_logit_diff)
+             len(report.dequantized), len(probe), report.max_abs_logit_diff)
     return report
 
 
-def _probe(model: MultiLabelClassifier, onnx_path: Path, ids: list[list[int]], pad_id: int) -> float:
+def _probe(model: MultiLabelClassifier, onnx_path: Path, windows: list[Window], pad_id: int) -> float:
     """Largest |logit difference| between the recovered torch model and the bundle's ONNX on these windows."""
     import onnxruntime as ort
 
-    width = max(len(x) for x in ids)
-    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), width), dtype=np.int64)
-    for i, x in enumerate(ids):
-        input_ids[i, : len(x)], mask[i, : len(x)] = x, 1
+    input_ids, mask = pad_batch(windows, pad_id)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
