@@ -104,6 +104,25 @@ def test_model_card_names_data_metrics_and_limits(tiny_bundle: Path) -> None:
     assert "| fixture |" in card and "| fixture_b |" in card
     assert "constitution | no |" in card  # untrained category listed as such
     assert "{{" not in card and "{%" not in card
+    assert "Weight averaging" not in card  # the tiny run did not average
+
+
+def test_model_card_states_weight_averaging(tiny_bundle: Path) -> None:
+    import json
+
+    from models.bundle import load_bundle, read_manifest
+    from training.finetune.model_card import render_model_card
+
+    metrics = json.loads((tiny_bundle / "metrics.json").read_text(encoding="utf-8"))
+    metrics["training"]["averaging"] = {"snapshot_steps": [1400, 1600, 2743], "used": True, "dev_eval_macro_f1": 0.93,
+                                        "best_checkpoint_macro_f1": 0.92, "best_checkpoint_step": 2400}
+    manifest = read_manifest(tiny_bundle)
+    card = render_model_card(manifest, load_bundle(tiny_bundle).policy, metrics, manifest.data_sources)
+    assert "average of 3 snapshots (steps 1400–2743)" in card
+    assert "0.93 macro-F1 vs 0.92 for the best single checkpoint (step 2400)" in card
+    metrics["training"]["averaging"]["used"] = False  # the best checkpoint stayed: nothing to say
+    assert "Weight averaging" not in render_model_card(manifest, load_bundle(tiny_bundle).policy, metrics,
+                                                       manifest.data_sources)
 
 
 @pytest.mark.parametrize("scheme", ["weight-only", "weight-only-fp32"])

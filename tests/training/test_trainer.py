@@ -186,3 +186,81 @@ def test_resume_on_the_command_line_can_change_budget_and_patience(tiny_run: Pat
     changed = ("early_stopping_patience", "max_steps", "out")
     assert {k: v for k, v in after["args"].items() if k not in changed} == \
         {k: v for k, v in before["args"].items() if k not in changed}
+
+
+def test_snapshots_are_averaged_into_the_final_model(tiny_run: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from training.finetune.trainer import train
+
+    args = _args(tiny_run.parent / "encoder", tmp_path / "avg", max_steps=7, snapshot_every_steps=2, average_last=3)
+    info = train(args, show_progress=False)
+    snaps = sorted(p.name for p in (args.out / "snapshots").iterdir())
+    # every 2 steps (2, 4, 6) plus the final weights (7); only the last 3 are kept
+    assert snaps == ["step-000004.safetensors", "step-000006.safetensors", "step-000007.safetensors"]
+    av = info["summary"]["averaging"]
+    assert av["snapshot_steps"] == [4, 6, 7]
+    assert isinstance(av["dev_eval_macro_f1"], float)
+    assert av["used"] == (av["dev_eval_macro_f1"] >= av["best_checkpoint_macro_f1"])
+
+    final = load_file(str(args.out / "model" / "head.safetensors"))["weight"]
+    weights = [load_file(str(args.out / "snapshots" / n)) for n in snaps]
+    mean = sum(w["head.weight"] for w in weights) / 3
+    best = load_file(str(args.out / "best.safetensors"))["head.weight"]
+    expected = mean if av["used"] else best
+    assert np.allclose(final.numpy(), expected.numpy(), atol=1e-6)
+    assert not np.allclose(mean.numpy(), best.numpy())  # the two candidates differ, so the check above means something
+
+
+def test_averaging_can_be_added_to_a_finished_run(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from training.finetune.trainer import load_run_args, train
+
+    args = _args(tiny_run.parent / "encoder", tmp_path / "run", max_steps=6, snapshot_every_steps=2)
+    train(args, show_progress=False)
+    assert sorted(p.name for p in (args.out / "snapshots").iterdir()) == [
+        "step-000002.safetensors", "step-000004.safetensors", "step-000006.safetensors"]
+    copy = tmp_path / "copy"
+    shutil.copytree(args.out, copy)
+    again = load_run_args(copy)
+    again.average_last = 2
+    info = train(again, resume=True, show_progress=False)
+    assert info["state"]["global_step"] == 6  # nothing retrained: the budget was spent
+    assert info["summary"]["averaging"]["snapshot_steps"] == [4, 6]
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"average_last": 3}, "needs snapshot_every_steps"),
+    ({"average_last": 1, "snapshot_every_steps": 5}, "at least 2"),
+    ({"snapshot_every_steps": 0}, ">= 1"),
+])
+def test_averaging_arguments_are_checked(tmp_path: Path, kw: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _args(tmp_path / "encoder", tmp_path / "out", **kw)
+
+
+def test_no_step_evaluation_right_after_an_epoch_end_one(tiny_run: Path, tmp_path: Path) -> None:
+    from training.finetune.trainer import train
+
+    info = train(_args(tiny_run.parent / "encoder", tmp_path / "run", max_steps=None, eval_every_steps=4),
+                 show_progress=False)
+    assert info["summary"]["batches_per_epoch"] == 7
+    # step 8 is a multiple of 4 but one step after the epoch-end evaluation at 7: skipped
+    assert [(h["step"], h["reason"]) for h in info["state"]["history"]] == [
+        (4, "steps"), (7, "epoch 1"), (12, "steps"), (14, "epoch 2")]
+
+
+def test_resume_rejects_averaging_without_snapshots_in_one_line(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from shenhe.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    res = CliRunner().invoke(app, ["train", "--resume", "--out", str(run), "--average-last", "4", "--quiet"])
+    assert res.exit_code != 0
+    lines = [ln for ln in res.output.strip().splitlines() if ln]
+    assert len(lines) == 1 and "average_last needs snapshot_every_steps" in lines[0], res.output

@@ -53,6 +53,11 @@ class TrainingArguments:
     eval_every_steps: int | None = 300  # plus one evaluation at each epoch end
     eval_samples: int | None = 2000  # dev subsample used during training (full dev at the end)
     early_stopping_patience: int = 3  # evaluations without macro-F1 improvement
+    # Weight averaging: the trainable weights every N steps go to snapshots/; at the end the last K snapshots
+    # (the final weights among them) are averaged, and the average replaces the best checkpoint when it scores
+    # at least as well on the dev subsample. Averages of late weights generalise better than any one of them.
+    snapshot_every_steps: int | None = None
+    average_last: int = 0  # K (0: off; needs snapshot_every_steps)
     save_every_steps: int = 100
     log_every_steps: int = 10
     calibration: Literal["platt", "isotonic"] = "platt"
@@ -69,6 +74,12 @@ class TrainingArguments:
             raise ValueError("window_stride must be in [0, max_length - 2)")
         if self.freeze_layers < 0:
             raise ValueError("freeze_layers must be >= 0")
+        if self.average_last < 0 or self.average_last == 1:
+            raise ValueError("average_last must be 0 (off) or at least 2")
+        if self.average_last and not self.snapshot_every_steps:
+            raise ValueError("average_last needs snapshot_every_steps (weights to average)")
+        if self.snapshot_every_steps is not None and self.snapshot_every_steps < 1:
+            raise ValueError("snapshot_every_steps must be >= 1")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError("warmup_ratio must be in [0, 1)")
 

@@ -80,6 +80,11 @@ def train_cmd(
     eval_samples: Annotated[int, typer.Option("--eval-samples", help="Dev subsample during training (0: all).")] = 2000,
     save_every: Annotated[int, typer.Option("--save-every-steps", help="Checkpoint every N steps.")] = 100,
     patience: Annotated[int | None, typer.Option("--patience", min=1, help="Early stopping: evaluations without improvement (default 3; with --resume, replaces the run's value).")] = None,
+    snapshot_every: Annotated[int | None, typer.Option(
+        "--snapshot-every-steps", min=1, help="Keep the trainable weights every N steps in snapshots/ (for --average-last).")] = None,
+    average_last: Annotated[int | None, typer.Option(
+        "--average-last", min=0, help="At the end, average the last K snapshots; the average is the final model when it "
+                                      "scores at least as well on the dev subsample as the best checkpoint (0: off).")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: cores available).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     calibration: Annotated[str, typer.Option("--calibration", help="platt or isotonic.")] = "platt",
@@ -113,9 +118,14 @@ def train_cmd(
         if resume:
             args = load_run_args(out)
             for name, value in (("epochs", epochs), ("max_steps", max_steps), ("time_budget_minutes", time_budget),
-                                ("threads", threads), ("early_stopping_patience", patience)):
+                                ("threads", threads), ("early_stopping_patience", patience),
+                                ("snapshot_every_steps", snapshot_every), ("average_last", average_last)):
                 if value is not None:
                     setattr(args, name, value)
+            try:
+                args.__post_init__()  # the overrides are checked like a new run's arguments
+            except ValueError as e:
+                raise UserError(str(e)) from None
         else:
             chosen = base or _default_base()
             base_path = Path(chosen).expanduser()
@@ -132,6 +142,7 @@ def train_cmd(
                     **({} if patience is None else {"early_stopping_patience": patience}),  # None: the dataclass default
                     threads=threads, device=device, calibration=calibration,  # type: ignore[arg-type]
                     min_train_positives=min_train_positives, oversample_rare=oversample_rare,
+                    snapshot_every_steps=snapshot_every, average_last=average_last or 0,
                 )
             except ValueError as e:
                 raise UserError(str(e)) from None

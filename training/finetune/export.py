@@ -253,7 +253,7 @@ def export_bundle(opts: ExportOptions) -> Path:
         metrics["training"].update({k: info["summary"].get(k) for k in
                                     ("device", "train_rows", "train_rows_available", "trained_categories",
                                      "untrained_categories", "freeze_embeddings", "trainable_parameters",
-                                     "warm_start")})
+                                     "warm_start", "averaging")})
         metrics["training"]["steps"] = info.get("state", {}).get("global_step")
         metrics["training"]["stop_reason"] = info.get("state", {}).get("stop_reason")
         if opts.baseline:

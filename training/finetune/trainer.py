@@ -6,7 +6,9 @@ Run directory (``runs/NAME``):
 - ``checkpoint.pt``: the latest checkpoint (trainable weights, optimizer, position in the epoch, RNG),
   replaced atomically every ``save_every_steps`` so a run killed at any point continues with ``--resume``;
 - ``best.safetensors``: the trainable weights of the best evaluation so far;
-- ``model/``: the final (best) full model; ``logits/``: dev and test text-level logits;
+- ``snapshots/step-NNNNNN.safetensors``: trainable weights every ``snapshot_every_steps`` (the last
+  ``average_last`` are kept and averaged at the end, see :meth:`Trainer._average_snapshots`);
+- ``model/``: the final full model (best checkpoint or snapshot average); ``logits/``: dev and test text-level logits;
   ``calibration.json``, ``policy.yaml``, ``metrics.json``: calibration and thresholds fitted on dev.
 """
 
@@ -55,6 +57,7 @@ BEST_FILE = "best.safetensors"
 LOG_FILE = "train.log"
 MODEL_DIR = "model"
 LOGITS_DIR = "logits"
+SNAPSHOT_DIR = "snapshots"
 
 log = logging.getLogger("shenhe.train")
 
@@ -314,6 +317,63 @@ class Trainer:
             for k, p in trainable_state(self.model).items():
                 p.copy_(best[k].to(p.device))
 
+    # -- weight averaging ----------------------------------------------------------------------------
+
+    def _snapshots(self) -> list[tuple[int, Path]]:
+        """(step, file) of the saved snapshots, oldest first."""
+        found = []
+        for f in (self.out / SNAPSHOT_DIR).glob("step-*.safetensors"):
+            try:
+                found.append((int(f.name[len("step-"):-len(".safetensors")]), f))
+            except ValueError:
+                continue
+        return sorted(found)
+
+    def _snapshot(self) -> None:
+        (self.out / SNAPSHOT_DIR).mkdir(exist_ok=True)
+        _atomic_safetensors(trainable_state(self.model), self.out / SNAPSHOT_DIR / f"step-{self.state.global_step:06d}.safetensors")
+        if self.args.average_last:  # only the last K are ever averaged: older ones would only fill the disk
+            for _, old in self._snapshots()[:-self.args.average_last]:
+                old.unlink(missing_ok=True)
+
+    def _average_snapshots(self) -> dict[str, Any]:
+        """Average the last ``average_last`` snapshots; keep the average when it scores at least as well on the
+        dev subsample as the best checkpoint (already loaded), else restore that checkpoint."""
+        from safetensors.torch import load_file
+
+        chosen = self._snapshots()[-self.args.average_last:]
+        record: dict[str, Any] = {"snapshot_steps": [step for step, _ in chosen], "used": False}
+        if len(chosen) < 2:
+            record["note"] = "fewer than 2 snapshots: nothing to average"
+            return record
+        own = trainable_state(self.model)
+        kept = {k: p.detach().clone() for k, p in own.items()}
+        total = {k: torch.zeros_like(p, dtype=torch.float32, device="cpu") for k, p in own.items()}
+        for _, f in chosen:
+            weights = load_file(str(f))
+            if set(weights) != set(own):
+                raise TrainError(f"{f}: trainable parameters differ from this run's model")
+            for k in total:
+                total[k] += weights[k].float()
+        with torch.no_grad():
+            for k, p in own.items():
+                p.copy_((total[k] / len(chosen)).to(p.device, p.dtype))
+        logits = text_logits(self.model, self.windower, self.dev_eval.normalized, self.args.eval_batch_size,
+                             self.device, progress=self.show_progress, desc="dev eval (average)")
+        metric = best_f1_macro(logits, self.dev_eval.labels, self.trained)
+        s = self.state
+        used = metric >= s.best_metric
+        if not used:
+            with torch.no_grad():
+                for k, p in own.items():
+                    p.copy_(kept[k])
+        record.update(used=used, dev_eval_macro_f1=round(metric, 4), best_checkpoint_macro_f1=round(s.best_metric, 4),
+                      best_checkpoint_step=s.best_step)
+        log.info("average of %d snapshots (steps %d-%d): dev macro-F1 (%d texts) %.4f vs best checkpoint %.4f @ %d: %s",
+                 len(chosen), chosen[0][0], chosen[-1][0], len(self.dev_eval), metric, s.best_metric, s.best_step,
+                 "the average is the final model" if used else "the best checkpoint stays the final model")
+        return record
+
     # -- evaluation ----------------------------------------------------------------------------------
 
     def _evaluate(self, reason: str) -> bool:
@@ -403,12 +463,16 @@ class Trainer:
                     log.info("step %d epoch %d loss %.4f lr %.2e samples/s %.1f", s.global_step, s.epoch,
                              float(np.mean(window_loss)), self.optimizer.param_groups[0]["lr"], sps)
                     window_loss, window_samples, window_time = [], 0, 0.0
-                if a.eval_every_steps and s.global_step % a.eval_every_steps == 0:
+                # A step evaluation right after an epoch-end one (under half an interval) would repeat it.
+                if (a.eval_every_steps and s.global_step % a.eval_every_steps == 0
+                        and s.global_step - s.last_eval_step >= a.eval_every_steps // 2):
                     t1 = time.perf_counter()
                     if self._evaluate("steps"):
                         s.stop_reason = f"early stopping: {a.early_stopping_patience} evaluations without improvement"
                         stop = True
                     s.elapsed_seconds += time.perf_counter() - t1
+                if a.snapshot_every_steps and s.global_step % a.snapshot_every_steps == 0:
+                    self._snapshot()
                 if s.global_step % a.save_every_steps == 0 or stop:
                     self._checkpoint()
                 if stop:
@@ -429,6 +493,8 @@ class Trainer:
             s.stop_reason = f"{a.epochs} epochs done"
         if s.last_eval_step != s.global_step and s.global_step > 0:
             self._evaluate("final")
+        if a.snapshot_every_steps and s.global_step > 0 and s.global_step not in dict(self._snapshots()):
+            self._snapshot()  # the final weights are the last snapshot
         self._checkpoint()
 
     # -- the end: full dev/test, calibration, thresholds ---------------------------------------------
@@ -436,6 +502,8 @@ class Trainer:
     def _finish(self) -> dict[str, Any]:
         a = self.args
         self._load_best()
+        if a.average_last:
+            self.summary["averaging"] = self._average_snapshots()
         model_dir = self.out / MODEL_DIR
         save_model(self.model, self.tokenizer, model_dir, extra={
             "max_length": a.max_length, "window_stride": a.window_stride, "base_encoder": a.base,
