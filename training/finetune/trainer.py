@@ -292,9 +292,7 @@ class Trainer:
         own = trainable_state(self.model)
         if set(ckpt["trainable"]) != set(own):
             raise TrainError(f"{path}: trainable parameters differ from this run's model (different freeze settings?)")
-        with torch.no_grad():
-            for k, p in own.items():
-                p.copy_(ckpt["trainable"][k].to(p.device))
+        self._set_trainable(ckpt["trainable"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state = TrainState(**ckpt["state"])
         torch.set_rng_state(ckpt["torch_rng"])
@@ -312,10 +310,12 @@ class Trainer:
         path = self.out / BEST_FILE
         if not path.is_file():
             return
-        best = load_file(str(path))
+        self._set_trainable(load_file(str(path)))
+
+    def _set_trainable(self, tensors: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for k, p in trainable_state(self.model).items():
-                p.copy_(best[k].to(p.device))
+                p.copy_(tensors[k].to(p.device, p.dtype))
 
     # -- weight averaging ----------------------------------------------------------------------------
 
@@ -355,18 +355,14 @@ class Trainer:
                 raise TrainError(f"{f}: trainable parameters differ from this run's model")
             for k in total:
                 total[k] += weights[k].float()
-        with torch.no_grad():
-            for k, p in own.items():
-                p.copy_((total[k] / len(chosen)).to(p.device, p.dtype))
+        self._set_trainable({k: v / len(chosen) for k, v in total.items()})
         logits = text_logits(self.model, self.windower, self.dev_eval.normalized, self.args.eval_batch_size,
                              self.device, progress=self.show_progress, desc="dev eval (average)")
         metric = best_f1_macro(logits, self.dev_eval.labels, self.trained)
         s = self.state
         used = metric >= s.best_metric
         if not used:
-            with torch.no_grad():
-                for k, p in own.items():
-                    p.copy_(kept[k])
+            self._set_trainable(kept)
         record.update(used=used, dev_eval_macro_f1=round(metric, 4), best_checkpoint_macro_f1=round(s.best_metric, 4),
                       best_checkpoint_step=s.best_step)
         log.info("average of %d snapshots (steps %d-%d): dev macro-F1 (%d texts) %.4f vs best checkpoint %.4f @ %d: %s",
