@@ -356,9 +356,7 @@ class Trainer:
             for k in total:
                 total[k] += weights[k].float()
         self._set_trainable({k: v / len(chosen) for k, v in total.items()})
-        logits = text_logits(self.model, self.windower, self.dev_eval.normalized, self.args.eval_batch_size,
-                             self.device, progress=self.show_progress, desc="dev eval (average)")
-        metric = best_f1_macro(logits, self.dev_eval.labels, self.trained)
+        metric = self._dev_eval_metric("dev eval (average)")
         s = self.state
         used = metric >= s.best_metric
         if not used:
@@ -372,12 +370,16 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------------------
 
+    def _dev_eval_metric(self, desc: str) -> float:
+        """Macro-F1 (best threshold per category) of the current weights on the dev subsample."""
+        logits = text_logits(self.model, self.windower, self.dev_eval.normalized, self.args.eval_batch_size,
+                             self.device, progress=self.show_progress, desc=desc)
+        return best_f1_macro(logits, self.dev_eval.labels, self.trained)
+
     def _evaluate(self, reason: str) -> bool:
         """Evaluate on the dev subsample; True when training should stop early."""
         t0 = time.perf_counter()
-        logits = text_logits(self.model, self.windower, self.dev_eval.normalized, self.args.eval_batch_size,
-                             self.device, progress=self.show_progress, desc="dev eval")
-        metric = best_f1_macro(logits, self.dev_eval.labels, self.trained)
+        metric = self._dev_eval_metric("dev eval")
         s = self.state
         s.last_eval_step = s.global_step
         improved = metric > s.best_metric + 1e-6
