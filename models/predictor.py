@@ -9,25 +9,33 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from models.bundle import Bundle, BundleError, check_policy_fits, load_bundle
+from models.cores import default_threads
 from models.normalize import Normalized, normalize
 from models.policy import CATEGORY_SLUGS, Policy, load_policy
 from models.types import Decision, ModelInfo, Prediction, Reason, TermMatch
-from models.windowing import WindowTokenizer, length_sorted_batches, max_over_windows, pad_batch
+from models.windowing import Window, WindowTokenizer, max_over_windows, score_windows
 
 SPIN_ENV = "SHENHE_ORT_SPINNING"
 
 
-def default_threads() -> int:
-    """The number of cores this process may run on (respects taskset / cgroup cpusets)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+@dataclass(frozen=True)
+class Prepared:
+    """Texts made ready for the model: their normalisations, which are non-empty, and their windows."""
+
+    norms: list[Normalized]
+    live: list[int]  # indices of texts with a non-empty normalisation (windows' text_index counts these)
+    windows: list[Window]
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the model will compute for these texts (window overlaps counted)."""
+        return sum(len(w.ids) for w in self.windows)
 
 
 class TermMatcher:
@@ -121,29 +129,31 @@ class Predictor:
 
     # -- scoring -------------------------------------------------------------------------------------
 
-    def _logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def run_model(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Raw logits [batch, 9] for padded windows: the one onnxruntime call (the batcher calls it too)."""
         (logits,) = self.session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})
         return logits
 
-    def _score_normalized(self, norms: Sequence[Normalized], batch_size: int
-                          ) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
+    def prepare(self, texts: Sequence[str]) -> Prepared:
+        """Normalise and cut into windows: everything before the model call (no onnxruntime here)."""
+        norms = [normalize(t) for t in texts]
+        live = [i for i, norm in enumerate(norms) if norm.text]  # empty text: no model call, scores 0
+        windows = self.windower.windows([norms[i].text for i in live]) if live else []
+        return Prepared(norms, live, windows)
+
+    def finish_scores(self, prepared: Prepared, window_logits: np.ndarray
+                      ) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
         """Calibrated scores [n, 9] and, per text and category, the original-text span of the best window."""
+        norms, live, windows = prepared.norms, prepared.live, prepared.windows
         n = len(norms)
         scores = np.zeros((n, len(CATEGORY_SLUGS)), dtype=np.float64)
-        whole = [(0, norm.original_length) for norm in norms]
-        spans = [[whole[i]] * len(CATEGORY_SLUGS) for i in range(n)]
-        live = [i for i, norm in enumerate(norms) if norm.text]  # empty text: no model call, scores 0
+        spans = [[(0, norm.original_length)] * len(CATEGORY_SLUGS) for norm in norms]
         if not live:
             return scores, spans
-        windows = self.windower.windows([norms[i].text for i in live])
-        logits = np.zeros((len(windows), len(CATEGORY_SLUGS)), dtype=np.float32)
-        for batch in length_sorted_batches(windows, batch_size):
-            ids, mask = pad_batch([windows[i] for i in batch], self.manifest.pad_token_id)
-            logits[batch] = self._logits(ids, mask)
-        probs = np.zeros_like(logits, dtype=np.float64)
+        probs = np.zeros(window_logits.shape, dtype=np.float64)
         for c, calibrate in enumerate(self._calibrators):
             if calibrate is not None:  # untrained categories stay 0: the model has no signal for them
-                probs[:, c] = calibrate(logits[:, c])
+                probs[:, c] = calibrate(window_logits[:, c])
         best, arg = max_over_windows(probs, windows, len(live))
         per_text = np.bincount([w.text_index for w in windows], minlength=len(live))
         for row, i in enumerate(live):
@@ -152,15 +162,24 @@ class Predictor:
                 spans[i] = [norms[i].to_original_span(windows[w].char_start, windows[w].char_end) for w in arg[row]]
         return scores, spans
 
+    def finish(self, prepared: Prepared, window_logits: np.ndarray) -> list[Prediction]:
+        """Policy decisions from the window logits of :meth:`prepare`'s windows (in their order)."""
+        scores, spans = self.finish_scores(prepared, window_logits)
+        return [self._decide(norm, scores[i], spans[i]) for i, norm in enumerate(prepared.norms)]
+
+    def window_logits(self, prepared: Prepared, batch_size: int = 32) -> np.ndarray:
+        return score_windows(prepared.windows, self.run_model, self.manifest.pad_token_id, batch_size,
+                             len(CATEGORY_SLUGS))
+
     def score(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Calibrated probabilities [n, 9] (Article 9 order); untrained categories are 0."""
-        scores, _ = self._score_normalized([normalize(t) for t in texts], batch_size)
+        prepared = self.prepare(texts)
+        scores, _ = self.finish_scores(prepared, self.window_logits(prepared, batch_size))
         return scores
 
     def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[Prediction]:
-        norms = [normalize(t) for t in texts]
-        scores, spans = self._score_normalized(norms, batch_size)
-        return [self._decide(norm, scores[i], spans[i]) for i, norm in enumerate(norms)]
+        prepared = self.prepare(texts)
+        return self.finish(prepared, self.window_logits(prepared, batch_size))
 
     # -- decisions -----------------------------------------------------------------------------------
 

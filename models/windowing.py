@@ -13,7 +13,7 @@ No torch here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,8 +55,12 @@ class WindowTokenizer:
         self.n_special = self.tokenizer.num_special_tokens_to_add(is_pair=False) + len(self.prefix_ids)
         if max_length <= self.n_special + 1:
             raise ValueError(f"max_length {max_length} leaves no room for text tokens")
-        if not 0 <= stride < max_length - self.n_special:
-            raise ValueError(f"stride must be in [0, {max_length - self.n_special}), got {stride}")
+        # At most half a window of overlap: every token is scored at most twice, which bounds the cost of a
+        # long text at ~2x its token count.
+        max_stride = (max_length - self.n_special) // 2
+        if not 0 <= stride <= max_stride:
+            raise ValueError(f"stride must be in [0, {max_stride}] (half the {max_length - self.n_special} text "
+                             f"tokens of a window), got {stride}")
         self.max_length = max_length
         self.stride = stride
         self.tokenizer.enable_truncation(max_length=max_length - len(self.prefix_ids), stride=stride,
@@ -125,6 +129,31 @@ def length_sorted_batches(windows: Sequence[Window], batch_size: int) -> Iterato
     order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))
     for k in range(0, len(order), batch_size):
         yield order[k: k + batch_size]
+
+
+def window_tokens(windows: Sequence[Window]) -> int:
+    """Tokens the model computes for these windows (overlaps counted): the unit of a request's cost."""
+    return sum(len(w.ids) for w in windows)
+
+
+RunModel = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def score_windows(windows: Sequence[Window], run: RunModel, pad_token_id: int, batch_size: int,
+                  n_outputs: int, progress: Callable[[Iterable[list[int]]], Iterable[list[int]]] | None = None
+                  ) -> np.ndarray:
+    """Model outputs [n_windows, n_outputs] (float32) for ``windows``, in their order.
+
+    The one window -> pad -> model loop of training, export, evaluation and serving: batches of similar
+    length (little padding), each padded to its longest window and passed to ``run(input_ids, mask)``."""
+    out = np.zeros((len(windows), n_outputs), dtype=np.float32)
+    batches: Iterable[list[int]] = list(length_sorted_batches(windows, batch_size))
+    if progress is not None:
+        batches = progress(batches)
+    for batch in batches:
+        ids, mask = pad_batch([windows[i] for i in batch], pad_token_id)
+        out[batch] = run(ids, mask)
+    return out
 
 
 def max_over_windows(window_values: np.ndarray, windows: Sequence[Window], n_texts: int,

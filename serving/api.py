@@ -8,6 +8,7 @@ in each worker), so tests can also drive it in-process.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import ipaddress
 import json
@@ -29,10 +30,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.policy import CATEGORY_SLUGS
 from serving.auth import AuthFailure, Principal, presented_key
+from serving.batcher import Cancelled, DeadlineExceeded, QueueFull
 from serving.config import MAX_ITEMS, ServingConfig
 from serving.logging import log_event, request_id_var
 from serving.queue import NewReviewItem, QueueError
-from serving.runtime import Overloaded, Runtime
+from serving.runtime import Runtime, TokenBudgetExceeded
 from serving.schemas import (
     ClassifyRequest,
     ClassifyResponse,
@@ -63,11 +65,12 @@ def _is_loopback(host: str) -> bool:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
 
 
 def _error_response(request: Request | None, status: int, code: str, message: str,
@@ -234,8 +237,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Missing or unknown API key"},
     403: {"model": ErrorBody, "description": "The API key lacks the needed role, or a non-loopback client "
                                              "reached a server without keys"},
-    413: {"model": ErrorBody, "description": "Request body too large"},
-    503: {"model": ErrorBody, "description": "Overloaded, starting, or the review queue is unreachable: retry"},
+    413: {"model": ErrorBody, "description": "Request body too large, or its texts need more model tokens than "
+                                             "one request may use (token_budget_exceeded)"},
+    503: {"model": ErrorBody, "description": "Overloaded (with Retry-After), starting, or the review queue is "
+                                             "unreachable: retry"},
+    504: {"model": ErrorBody, "description": "The model did not finish within the request deadline (its work "
+                                             "was dropped): retry, or send fewer texts"},
 }
 
 
@@ -263,7 +270,7 @@ app.add_middleware(RequestContext)
 
 @app.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return _error_response(request, exc.status, exc.code, exc.message)
+    return _error_response(request, exc.status, exc.code, exc.message, exc.headers)
 
 
 @app.exception_handler(AuthFailure)
@@ -299,6 +306,33 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return _error_response(request, 500, "internal", "unexpected server error; it has been logged")
 
 
+async def _watch_disconnect(request: Request, disconnected: asyncio.Event) -> None:
+    """Set ``disconnected`` when the client goes away (the body has been read; only disconnect can come)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            disconnected.set()
+            return
+
+
+async def _score(request: Request, runtime: Runtime, texts: list[str]) -> list[Any]:
+    """Model predictions through the worker's batcher, with the deadline, the token budget and disconnects."""
+    disconnected = asyncio.Event()
+    watcher = asyncio.ensure_future(_watch_disconnect(request, disconnected))
+    try:
+        return await runtime.scheduler.predict(texts, disconnected)
+    except TokenBudgetExceeded as e:
+        raise ApiError(413, "token_budget_exceeded", str(e)) from None
+    except QueueFull as e:
+        raise ApiError(503, "overloaded", str(e), {"Retry-After": str(e.retry_after_s)}) from None
+    except DeadlineExceeded as e:
+        raise ApiError(504, "timeout", str(e)) from None
+    except Cancelled as e:  # nobody reads this answer; 499 (client closed request) keeps the log honest
+        raise ApiError(499, "client_disconnected", str(e)) from None
+    finally:
+        watcher.cancel()
+
+
 @app.post(
     "/v1/classify",
     response_model=ClassifyResponse,
@@ -315,10 +349,7 @@ async def classify(request: Request) -> Response:
     _authorize(request, runtime, "classify")
     req = _parse_classify(await _read_json(request, runtime.config), runtime.config)
     texts = [item.text for item in req.items]
-    try:
-        predictions = await runtime.scheduler.predict(texts)
-    except Overloaded as e:
-        raise ApiError(503, "overloaded", str(e)) from None
+    predictions = await _score(request, runtime, texts)
     rid: str = request.state.request_id
 
     to_queue = [i for i, p in enumerate(predictions) if p.decision == "review"]

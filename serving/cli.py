@@ -49,11 +49,13 @@ def serve(
     policy: Annotated[Path | None, typer.Option("--policy", help="Operator policy YAML replacing the bundle's (default $SHENHE_POLICY).")] = None,
     max_text_chars: Annotated[int | None, typer.Option("--max-text-chars", help="Hard cap per text (default 20000).")] = None,
     log_texts: Annotated[bool, typer.Option("--log-texts", help="Also write texts to the logs (off by default).")] = False,
-    adaptive_batching: Annotated[bool | None, typer.Option("--adaptive-batching/--no-adaptive-batching", help="Merge concurrent requests with BentoML adaptive batching (default off: slower here).")] = None,
+    request_timeout: Annotated[float | None, typer.Option("--request-timeout", help="Seconds a request may wait for the model before a 504 (default 30 or $SHENHE_REQUEST_TIMEOUT_S).")] = None,
+    max_request_tokens: Annotated[int | None, typer.Option("--max-request-tokens", help="Model tokens one request may use (default 32768 or $SHENHE_MAX_REQUEST_TOKENS).")] = None,
 ) -> None:
     """Start the HTTP API (BentoML) on a bundle, with the review queue."""
     _serve(bundle=bundle, port=port, host=host, workers=workers, keys=keys, db_url=db_url, policy=policy,
-           max_text_chars=max_text_chars, log_texts=log_texts or None, adaptive_batching=adaptive_batching)
+           max_text_chars=max_text_chars, log_texts=log_texts or None, request_timeout_s=request_timeout,
+           max_request_tokens=max_request_tokens)
 
 
 @cli_errors()
@@ -117,7 +119,9 @@ def _serve(**options: object) -> None:
     if sys.path[0] != root:
         sys.path.insert(0, root)
     load(SERVICE, working_dir=root).inject_config()
-    serve_http(SERVICE, working_dir=root, host=host, port=config.port, timeout=config.request_timeout_s)
+    from serving.config import bentoml_timeout
+
+    serve_http(SERVICE, working_dir=root, host=host, port=config.port, timeout=bentoml_timeout(config))
 
 
 @review_app.command("export")

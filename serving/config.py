@@ -29,9 +29,11 @@ _ENV_FIELDS = {
     "port": "SHENHE_PORT",
     "workers": "SHENHE_WORKERS",
     "ort_threads": "SHENHE_ORT_THREADS",
-    "adaptive_batching": "SHENHE_ADAPTIVE_BATCHING",
-    "batch_max_size": "SHENHE_BATCH_MAX_SIZE",
-    "batch_max_latency_ms": "SHENHE_BATCH_MAX_LATENCY_MS",
+    "batch_max_windows": "SHENHE_BATCH_MAX_WINDOWS",
+    "batch_call_tokens": "SHENHE_BATCH_CALL_TOKENS",
+    "batch_wait_ms": "SHENHE_BATCH_WAIT_MS",
+    "queue_max_tokens": "SHENHE_QUEUE_MAX_TOKENS",
+    "max_request_tokens": "SHENHE_MAX_REQUEST_TOKENS",
     "lease_seconds": "SHENHE_LEASE_SECONDS",
     "request_timeout_s": "SHENHE_REQUEST_TIMEOUT_S",
 }
@@ -60,13 +62,20 @@ class ServingConfig(BaseModel):
     port: int = Field(3000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
     ort_threads: int | None = Field(None, ge=1, le=256)  # onnxruntime intra-op threads per worker
-    # Adaptive batching (BentoML's CorkDispatcher) across concurrent requests; off by default
-    # because it measured slower on this machine (docs/readme/50-serving.md).
-    adaptive_batching: bool = False
-    batch_max_size: int = Field(64, ge=1, le=4096)
-    batch_max_latency_ms: int = Field(2000, ge=10, le=60_000)
+    # Micro-batching across concurrent requests (serving/batcher.py): windows per batch, padded tokens per
+    # model call (bounds how long one call holds the model), how long a batch waits for company, and how
+    # many tokens may wait before requests are refused with 503.
+    batch_max_windows: int = Field(32, ge=1, le=1024)
+    batch_call_tokens: int = Field(2048, ge=64, le=65_536)
+    batch_wait_ms: float = Field(2.0, ge=0, le=1000)
+    queue_max_tokens: int = Field(65_536, ge=1024, le=10_000_000)
+    # Model tokens one request may use (window overlaps counted): sized so that the largest allowed request
+    # costs about 2 s of CPU on two cores; a 20,000-character text needs ~23,000.
+    max_request_tokens: int = Field(32_768, ge=128, le=10_000_000)
     lease_seconds: int = Field(300, ge=1, le=86_400)
-    request_timeout_s: int = Field(60, ge=1, le=3600)
+    # Our deadline for scoring a request (504 in our error format after it); BentoML's own timeout is set
+    # a little longer so that ours always answers first.
+    request_timeout_s: float = Field(30, gt=0, le=3600)
 
     @field_validator("db_url")
     @classmethod
@@ -108,3 +117,8 @@ class ServingConfig(BaseModel):
             else:
                 out[var] = str(value)
         return out
+
+
+def bentoml_timeout(config: ServingConfig) -> int:
+    """BentoML's request timeout: a margin above ours, so that our 504 (in our error format) answers first."""
+    return int(config.request_timeout_s) + 10

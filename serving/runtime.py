@@ -1,18 +1,21 @@
 """What one serving worker holds: the predictor, the review store, the keys, the metrics, and the
-way model calls are scheduled (one at a time per worker, or BentoML's adaptive batching)."""
+scheduler that batches model calls across concurrent requests (serving/batcher.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 
+from models.cores import default_threads
 from serving.auth import KeyRing
+from serving.batcher import BatcherConfig, MicroBatcher
 from serving.config import ServingConfig
 from serving.logging import get_logger, log_event
 from serving.metrics import Metrics, get_metrics, queue_depth_text
@@ -23,73 +26,51 @@ if TYPE_CHECKING:
     from models.types import Prediction
 
 
-class Overloaded(Exception):
-    """Adaptive batching could not serve a request within its latency budget (HTTP 503)."""
+class TokenBudgetExceeded(Exception):
+    """A request whose texts need more model tokens than one request may use (HTTP 413)."""
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        super().__init__(f"the texts in this request need {tokens} model tokens; one request may use at most "
+                         f"{limit} (send fewer or shorter texts per request)")
+        self.tokens = tokens
+        self.limit = limit
 
 
 def worker_threads(config: ServingConfig) -> int:
     """onnxruntime intra-op threads per worker: the worker's share of the cores."""
-    if config.ort_threads:
-        return config.ort_threads
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // config.workers)
+    return config.ort_threads or max(1, default_threads() // config.workers)
 
 
-class DirectScheduler:
-    """Each request's items go to the model as one call; calls run one at a time per worker, so
-    onnxruntime's threads are not oversubscribed by concurrent requests."""
+class Scheduler:
+    """Scores requests through one :class:`MicroBatcher` per worker: texts are normalised and cut into windows
+    in a thread, checked against the per-request token budget, scored together with concurrent requests'
+    windows, and turned into decisions. A deadline or a disconnect drops the request's pending windows."""
 
-    def __init__(self, predictor: Predictor) -> None:
-        self.predictor = predictor
-        self._limiter = anyio.CapacityLimiter(1)
-
-    async def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        return await anyio.to_thread.run_sync(self.predictor.predict, list(texts), limiter=self._limiter)
-
-    def close(self) -> None:
-        pass
-
-
-class AdaptiveBatchScheduler:
-    """BentoML's adaptive batching (its CorkDispatcher, the engine behind ``@bentoml.api(batchable=True)``)
-    merging the items of concurrent requests into one model call. A request that cannot be served
-    within ``max_latency_ms`` is refused (:class:`Overloaded`, HTTP 503)."""
-
-    def __init__(self, predictor: Predictor, max_batch_size: int, max_latency_ms: int) -> None:
-        from bentoml._internal.marshal.dispatcher import CorkDispatcher
+    def __init__(self, predictor: Predictor, config: ServingConfig) -> None:
+        from models.policy import CATEGORY_SLUGS
 
         self.predictor = predictor
+        self.config = config
+        self.batcher = MicroBatcher(predictor.run_model, predictor.manifest.pad_token_id, len(CATEGORY_SLUGS),
+                                    BatcherConfig(max_windows=config.batch_max_windows,
+                                                  max_call_tokens=config.batch_call_tokens,
+                                                  wait_ms=config.batch_wait_ms,
+                                                  queue_max_tokens=config.queue_max_tokens))
 
-        def refuse() -> Any:
-            raise Overloaded(f"adaptive batching could not answer within {max_latency_ms} ms; retry later")
-
-        self._dispatcher: Any = CorkDispatcher(
-            max_latency_in_ms=max_latency_ms,
-            max_batch_size=max_batch_size,
-            fallback=refuse,
-            get_batch_size=len,
-            batch_dim=(0, 0),
-        )
-        self._call = self._dispatcher(self._run_batch)
-
-    async def _run_batch(self, jobs: Sequence[list[str]]) -> list[list[Prediction]]:
-        flat = [text for job in jobs for text in job]
-        preds = await anyio.to_thread.run_sync(self.predictor.predict, flat)
-        out: list[list[Prediction]] = []
-        start = 0
-        for job in jobs:
-            out.append(preds[start:start + len(job)])
-            start += len(job)
-        return out
-
-    async def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        return await self._call(list(texts))
+    async def predict(self, texts: Sequence[str], disconnected: asyncio.Event | None = None,
+                      timeout_s: float | None = None) -> list[Prediction]:
+        started = time.monotonic()
+        timeout = float(timeout_s if timeout_s is not None else self.config.request_timeout_s)
+        prepared = await anyio.to_thread.run_sync(self.predictor.prepare, list(texts))
+        if prepared.tokens > self.config.max_request_tokens:
+            raise TokenBudgetExceeded(prepared.tokens, self.config.max_request_tokens)
+        logits = await self.batcher.score(prepared.windows, timeout - (time.monotonic() - started), disconnected)
+        if len(texts) <= 8:  # a few texts: deciding inline is cheaper than a thread hop
+            return self.predictor.finish(prepared, logits)
+        return await anyio.to_thread.run_sync(self.predictor.finish, prepared, logits)
 
     def close(self) -> None:
-        self._dispatcher.shutdown()
+        self.batcher.close()
 
 
 @dataclass
@@ -99,7 +80,7 @@ class Runtime:
     store: ReviewStore
     keys: KeyRing
     metrics: Metrics
-    scheduler: DirectScheduler | AdaptiveBatchScheduler
+    scheduler: Scheduler
     logger: logging.Logger
 
     @classmethod
@@ -112,17 +93,15 @@ class Runtime:
         predictor = Predictor(config.bundle, policy=config.policy, intra_op_threads=worker_threads(config))
         store = ReviewStore(config.db_url)
         store.create_schema()
-        scheduler: DirectScheduler | AdaptiveBatchScheduler
-        if config.adaptive_batching:
-            scheduler = AdaptiveBatchScheduler(predictor, config.batch_max_size, config.batch_max_latency_ms)
-        else:
-            scheduler = DirectScheduler(predictor)
+        scheduler = Scheduler(predictor, config)
         runtime = cls(config=config, predictor=predictor, store=store, keys=keys, metrics=get_metrics(),
                       scheduler=scheduler, logger=logger)
         log_event(
             logger, "worker ready", model=predictor.info.name, model_version=predictor.info.version,
             policy_version=predictor.policy.version, database=store.describe(), api_keys=len(keys),
-            adaptive_batching=config.adaptive_batching, ort_threads=predictor.intra_op_threads,
+            ort_threads=predictor.intra_op_threads, batch_max_windows=config.batch_max_windows,
+            batch_wait_ms=config.batch_wait_ms, max_request_tokens=config.max_request_tokens,
+            request_timeout_s=config.request_timeout_s,
             max_text_chars=config.max_text_chars, log_texts=config.log_texts,
         )
         return runtime

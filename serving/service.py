@@ -11,24 +11,28 @@ Settings come from ``SHENHE_*`` environment variables (serving/config.py).
 
 from __future__ import annotations
 
-import os
-
 import bentoml
 
 from serving.api import app as api_app
-from serving.config import ServingConfig
+from serving.config import ConfigError, ServingConfig, bentoml_timeout
 from serving.logging import configure_logging
 
 
-def _int_env(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else default
+def _config_or_default() -> ServingConfig:
+    """The settings at import time (`shenhe serve` validated them already; bad values fail in the worker)."""
+    try:
+        return ServingConfig.from_env()
+    except ConfigError:
+        return ServingConfig()
+
+
+_CONFIG = _config_or_default()
 
 
 @bentoml.service(
     name="shenhe",
-    workers=_int_env("SHENHE_WORKERS", 1),
-    traffic={"timeout": _int_env("SHENHE_REQUEST_TIMEOUT_S", 60)},
+    workers=_CONFIG.workers,
+    traffic={"timeout": bentoml_timeout(_CONFIG)},
     # Our own JSON request log (with the request id, without client addresses) replaces the access log.
     logging={"access": {"enabled": False}},
 )

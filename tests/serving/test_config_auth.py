@@ -14,11 +14,11 @@ from serving.config import ConfigError, ServingConfig
 def test_defaults_and_env() -> None:
     c = ServingConfig.from_env({})
     assert c.max_text_chars == 20_000 and c.port == 3000 and c.workers == 1
-    assert not c.log_texts and not c.adaptive_batching and c.keys_file is None
+    assert not c.log_texts and c.keys_file is None and c.max_request_tokens == 32_768 and c.request_timeout_s == 30
     assert c.db_url.startswith("sqlite:///") and c.db_url.endswith("var/shenhe.db")
     c = ServingConfig.from_env({"SHENHE_MAX_TEXT_CHARS": "500", "SHENHE_LOG_TEXTS": "true", "SHENHE_PORT": " ",
-                                "SHENHE_DB_URL": "postgresql+psycopg://u@h/db", "SHENHE_ADAPTIVE_BATCHING": "1"})
-    assert c.max_text_chars == 500 and c.log_texts and c.adaptive_batching and c.port == 3000
+                                "SHENHE_DB_URL": "postgresql+psycopg://u@h/db", "SHENHE_BATCH_WAIT_MS": "0.5"})
+    assert c.max_text_chars == 500 and c.log_texts and c.batch_wait_ms == 0.5 and c.port == 3000
     assert c.db_url == "postgresql+psycopg://u@h/db"
     assert ServingConfig.from_env({"SHENHE_PORT": "4000"}, port=5000).port == 5000  # overrides win
 

@@ -1,4 +1,4 @@
-"""The /v1 app driven in-process (no server): adaptive batching, 503 mappings, text logging, and a
+"""The /v1 app driven in-process (no server): the batching scheduler, 413/503/504 mappings, text logging, and a
 fresh serving process that never imports torch."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 
 from serving.config import ServingConfig
 from serving.queue import ReviewStore
-from serving.runtime import AdaptiveBatchScheduler, DirectScheduler, Overloaded, Runtime
+from serving.batcher import QueueFull
+from serving.runtime import Runtime
 from tests.serving.conftest import EVERYDAY, INSULT, REPO
 
 TEXTS = [INSULT, EVERYDAY, "", "废物", "這是繁體字", "😀" * 3, EVERYDAY * 40]
@@ -41,34 +42,65 @@ def client(runtime: Runtime) -> TestClient:
     return TestClient(app, client=("127.0.0.1", 40000))
 
 
-def test_adaptive_batching_merges_requests_and_keeps_order(runtime: Runtime) -> None:
+def test_scheduler_matches_predictor_under_concurrency(runtime: Runtime) -> None:
     predictor = runtime.predictor
-    expected = [p.decision for p in predictor.predict(TEXTS)]
-    scheduler = AdaptiveBatchScheduler(predictor, max_batch_size=4, max_latency_ms=10_000)
-    requests = [TEXTS[i:] + TEXTS[:i] for i in range(len(TEXTS))]  # 7 requests of 7 texts; batches of 4 split them
+    requests = [TEXTS[i:] + TEXTS[:i] for i in range(len(TEXTS))]  # 7 requests of 7 texts, batched together
 
-    async def all_at_once() -> list[list[str]]:
-        results = await asyncio.gather(*(scheduler.predict(r) for r in requests))
-        return [[p.decision for p in preds] for preds in results]
+    async def all_at_once() -> list[list[dict[str, float]]]:
+        results = await asyncio.gather(*(runtime.scheduler.predict(r) for r in requests))
+        return [[p.scores for p in preds] for preds in results]
 
     got = asyncio.run(all_at_once())
-    assert got == [expected[i:] + expected[:i] for i in range(len(TEXTS))]
-    scheduler.close()
+    for request, scores in zip(requests, got, strict=True):
+        expected = [p.scores for p in predictor.predict(request)]
+        for a, b in zip(scores, expected, strict=True):  # batch neighbours may move INT8 scores a hair
+            assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-3 for k in a)
 
 
-def test_direct_scheduler_matches_predictor(runtime: Runtime) -> None:
-    scheduler = DirectScheduler(runtime.predictor)
-    got = asyncio.run(scheduler.predict(TEXTS))
-    assert [p.scores for p in got] == [p.scores for p in runtime.predictor.predict(TEXTS)]
-
-
-def test_overload_is_503(runtime: Runtime, client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def refuse(texts: list[str]) -> list:
-        raise Overloaded("adaptive batching could not answer within 100 ms; retry later")
+def test_queue_full_is_503_with_retry_after(runtime: Runtime, client: TestClient,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    async def refuse(texts: list[str], disconnected: object = None) -> list:
+        raise QueueFull("the model queue is full; retry shortly", 3)
 
     monkeypatch.setattr(runtime.scheduler, "predict", refuse)
     r = client.post("/v1/classify", json={"items": [{"text": "你好"}]})
     assert r.status_code == 503 and r.json()["error"] == "overloaded"
+    assert r.headers["retry-after"] == "3" and r.json()["request_id"]
+
+
+def test_token_budget_is_413_in_our_format(runtime: Runtime, client: TestClient) -> None:
+    limit = runtime.config.max_request_tokens
+    runtime.config = runtime.config.model_copy(update={"max_request_tokens": 200})
+    runtime.scheduler.config = runtime.config
+    try:
+        r = client.post("/v1/classify", json={"items": [{"text": EVERYDAY * 20}]})
+        assert r.status_code == 413 and r.json()["error"] == "token_budget_exceeded"
+        assert "200" in r.json()["message"]
+        assert client.post("/v1/classify", json={"items": [{"text": EVERYDAY}]}).status_code == 200
+    finally:
+        runtime.config = runtime.config.model_copy(update={"max_request_tokens": limit})
+        runtime.scheduler.config = runtime.config
+
+
+def test_deadline_is_504_in_our_format_and_drops_the_work(runtime: Runtime, client: TestClient) -> None:
+    import time as _time
+
+    batcher = runtime.scheduler.batcher
+    real = batcher.run
+
+    def slow(ids, mask):  # type: ignore[no-untyped-def]
+        _time.sleep(0.05)
+        return real(ids, mask)
+
+    batcher.run = slow
+    runtime.scheduler.config = runtime.config.model_copy(update={"request_timeout_s": 0.08})
+    try:
+        r = client.post("/v1/classify", json={"items": [{"text": f"{EVERYDAY}{i}"} for i in range(200)]})
+        assert r.status_code == 504 and r.json()["error"] == "timeout"
+        assert batcher.pending_tokens() == 0  # nothing of it is left for the model
+    finally:
+        batcher.run = real
+        runtime.scheduler.config = runtime.config
 
 
 def test_unreachable_queue_is_503_and_not_ready(runtime: Runtime, client: TestClient) -> None:

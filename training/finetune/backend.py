@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from models.policy import CATEGORY_SLUGS
-from models.windowing import WindowTokenizer, length_sorted_batches, max_over_windows, pad_batch
+from models.windowing import WindowTokenizer, max_over_windows, score_windows
 from training.finetune.model import MultiLabelClassifier
 
 OPSET = 17
@@ -44,18 +44,33 @@ def export_onnx(model: MultiLabelClassifier, path: Path, pad_token_id: int, opse
         )
 
 
-# INT8 schemes, fastest first. "dynamic": weights int8 per channel, activations int8 per tensor computed at
-# run time (quantize_dynamic) -- fastest, but per-tensor activation ranges cost accuracy on fine-tuned models
-# (measured: 96.3% decision agreement with fp32 on dev). "weight-only": MatMul weights int8 in blocks of 32
-# (MatMulNBits), activations int8 per 32-value block of each row ("int8 compute") or kept fp32
-# ("fp32 compute"); 99.1% / 99.4% agreement at about fp32 ONNX speed. The embedding table is int8 per
-# channel in every scheme (weight-only by nature). Weight-only results do not depend on batch neighbours.
+# Quantisation schemes, fastest first on this CPU (bench/speed.py measures them). "dynamic": onnxruntime's
+# transformer graph fusions (Attention, EmbedLayerNormalization, SkipLayerNormalization, BiasGelu) on an
+# eager-attention export, then int8 per-channel weights with int8 activations quantised per tensor at run time
+# (QAttention, MatMulInteger): it gains from batching. "weight-only": MatMul weights int8 in blocks of 32
+# (MatMulNBits) with int8 ("int8 compute") or fp32 activations; about fp32 ONNX speed and no gain from
+# batching. "fp32": the unquantised graph. `shenhe export` takes the fastest scheme whose *quality* (with its
+# own calibration and thresholds) holds against fp32; agreement with fp32 decisions is reported, not gated,
+# because the fp32 model is never served.
 QUANT_SCHEMES: dict[str, str] = {
-    "dynamic": "int8 dynamic (per-channel weights, per-tensor activations)",
+    "dynamic": "int8 dynamic (fused graph; per-channel weights, per-tensor activations at run time)",
     "weight-only": "int8 weight-only, blocks of 32 (MatMulNBits, int8 compute)",
     "weight-only-fp32": "int8 weight-only, blocks of 32 (MatMulNBits, fp32 compute)",
+    "fp32": "fp32 (not quantised)",
 }
 WEIGHT_ONLY_BLOCK = 32
+
+
+def fuse_transformer_graph(fp32_path: Path, out_path: Path) -> dict[str, int]:
+    """onnxruntime's BERT graph fusions (opt_level 1: portable across CPUs); returns the fused-op counts.
+
+    Heads and hidden size are read from the graph. Fusing Attention needs the eager-attention export
+    (the SDPA export's mask pattern is not recognised)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model = optimize_model(str(fp32_path), model_type="bert", num_heads=0, hidden_size=0, opt_level=1)
+    model.save_model_to_file(str(out_path))
+    return {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
 
 
 def _quiet_root(level: int) -> int:
@@ -97,12 +112,24 @@ def _quantize_int8(fp32_path: Path, int8_path: Path, scheme: str) -> None:
 
     if scheme not in QUANT_SCHEMES:
         raise ValueError(f"unknown quantisation scheme {scheme!r}; expected one of {', '.join(QUANT_SCHEMES)}")
+    if scheme == "fp32":
+        import shutil
+
+        shutil.copyfile(fp32_path, int8_path)
+        return
     # onnxruntime logs a generic "consider pre-processing" hint on the root logger; measured here,
     # pre-processing (quant_pre_process) changed neither size nor INT8-vs-fp32 agreement for this graph.
     old = _quiet_root(logging.ERROR)
     try:
         if scheme == "dynamic":
-            quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
+            fused = int8_path.with_name(int8_path.stem + ".fused.onnx")
+            try:
+                fuse_transformer_graph(fp32_path, fused)
+                # The fused graph has ops the quantiser cannot type-infer; their outputs are float.
+                quantize_dynamic(str(fused), str(int8_path), per_channel=True, weight_type=QuantType.QInt8,
+                                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            finally:
+                fused.unlink(missing_ok=True)
             return
         from onnxruntime.quantization.matmul_nbits_quantizer import (
             DefaultWeightOnlyQuantConfig,
@@ -138,15 +165,18 @@ def onnx_window_logits(session: Any, windower: WindowTokenizer, normalized: list
                        progress: bool = False, desc: str = "onnx") -> tuple[np.ndarray, np.ndarray]:
     """(text-level max logits [n, 9], window logits) for normalised texts."""
     windows = windower.windows(normalized)
-    out = np.zeros((len(windows), len(CATEGORY_SLUGS)), dtype=np.float32)
-    batches: Any = list(length_sorted_batches(windows, batch_size))
+    bar: Any = None
     if progress:
+        from functools import partial
+
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc=desc, unit="batch", leave=False)
-    for batch in batches:
-        ids, mask = pad_batch([windows[i] for i in batch], windower.pad_token_id)
-        out[batch] = session.run(OUTPUT_NAMES, {"input_ids": ids, "attention_mask": mask})[0]
+        bar = partial(tqdm, desc=desc, unit="batch", leave=False)
+
+    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return session.run(OUTPUT_NAMES, {"input_ids": ids, "attention_mask": mask})[0]
+
+    out = score_windows(windows, run, windower.pad_token_id, batch_size, len(CATEGORY_SLUGS), bar)
     best, _ = max_over_windows(out, windows, len(normalized))
     return best.astype(np.float32), out
 
@@ -156,12 +186,11 @@ def torch_window_logits(model: MultiLabelClassifier, windower: WindowTokenizer, 
                         batch_size: int = 64) -> np.ndarray:
     """Window logits in the same window order as :func:`onnx_window_logits` (padded identically)."""
     model = model.eval().cpu()
-    windows = windower.windows(normalized)
-    out = np.zeros((len(windows), len(CATEGORY_SLUGS)), dtype=np.float32)
-    for batch in length_sorted_batches(windows, batch_size):
-        ids, mask = pad_batch([windows[i] for i in batch], windower.pad_token_id)
-        out[batch] = model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-    return out
+
+    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+
+    return score_windows(windower.windows(normalized), run, windower.pad_token_id, batch_size, len(CATEGORY_SLUGS))
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.cores import default_threads
 from models.policy import CATEGORY_SLUGS, load_policy
-from models.windowing import Window, WindowTokenizer, length_sorted_batches, max_over_windows, pad_batch
+from models.windowing import Window, WindowTokenizer, max_over_windows, pad_batch, score_windows
 from training.finetune.args import TrainingArguments
 from training.finetune.calibrate import apply_calibration, fit_calibration
 from training.finetune.dataset import (
@@ -83,13 +84,6 @@ class TrainState:
         return dict(self.__dict__)
 
 
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -138,17 +132,19 @@ def text_logits(model: MultiLabelClassifier, windower: WindowTokenizer, normaliz
     was_training = model.training
     model.eval()
     windows: list[Window] = windower.windows(normalized)
-    out = np.zeros((len(windows), len(CATEGORY_SLUGS)), dtype=np.float32)
-    batches = list(length_sorted_batches(windows, batch_size))
-    it: Any = batches
+    bar: Any = None
     if progress:
+        from functools import partial
+
         from tqdm import tqdm
 
-        it = tqdm(batches, desc=desc, unit="batch", leave=False)
-    for batch in it:
-        ids, mask = pad_batch([windows[i] for i in batch], windower.pad_token_id)
+        bar = partial(tqdm, desc=desc, unit="batch", leave=False)
+
+    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         logits = model(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
-        out[batch] = logits.float().cpu().numpy()
+        return logits.float().cpu().numpy()
+
+    out = score_windows(windows, run, windower.pad_token_id, batch_size, len(CATEGORY_SLUGS), bar)
     if was_training:
         model.train()
     best, _ = max_over_windows(out, windows, len(normalized))
