@@ -4,12 +4,12 @@
     .venv/bin/python bench/serve_load.py --url http://127.0.0.1:3000 [--api-key KEY]
 
     # or let the bench start `shenhe serve` in a child process (temporary SQLite queue):
-    .venv/bin/python bench/serve_load.py --start --bundle models/default [--adaptive-batching]
+    .venv/bin/python bench/serve_load.py --start --bundle models/default
 
 Each concurrency level (default 1, 8, 32) runs for --duration seconds (default 30) after a short
 warm-up; N client tasks each send one request at a time (--items texts per request, default 1),
 from this process, over loopback. Texts come from --texts (JSONL with "text"; the default is the
-file bench/predictor_speed.py reads, so the two benches measure the same texts). With --offline the
+test split; bench/speed.py compares the service with the Predictor and PyTorch in one run). With --offline the
 same texts are also scored in-process by the Predictor for comparison. Prints measured numbers only.
 """
 
@@ -133,7 +133,6 @@ def start_server(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[
     cmd = [sys.executable, "-m", "shenhe.cli", "serve", "--port", str(port), "--workers", str(args.workers)]
     if args.bundle:
         cmd += ["--bundle", str(args.bundle)]
-    cmd += ["--adaptive-batching"] if args.adaptive_batching else ["--no-adaptive-batching"]
     log = (tmp / "server.log").open("wb")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -171,7 +170,6 @@ def main() -> None:
     ap.add_argument("--start", action="store_true", help="start `shenhe serve` in a child process")
     ap.add_argument("--bundle", type=Path, default=None)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--adaptive-batching", action="store_true")
     ap.add_argument("--texts", type=Path, default=default_texts())
     ap.add_argument("--n", type=int, default=1000, help="texts to read")
     ap.add_argument("--items", type=int, default=1, help="texts per request")
@@ -200,9 +198,7 @@ def main() -> None:
             model = probe.json()["model"]
             print(f"service {url}: model {model['name']} {model['version']}; "
                   f"{len(texts)} texts from {args.texts} (median {statistics.median(len(t) for t in texts):.0f} chars); "
-                  f"{args.items} text(s) per request; adaptive batching "
-                  f"{'on' if args.adaptive_batching else 'off' if args.start else 'as configured'}; "
-                  f"cores {len(os.sched_getaffinity(0))}")
+                  f"{args.items} text(s) per request; cores {len(os.sched_getaffinity(0))}")
             rows = []
             print(f"{'conc':>4} {'req/s':>8} {'texts/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'review':>7} {'errors':>7}")
             for c in (int(x) for x in args.concurrency.split(",")):
@@ -225,7 +221,6 @@ def main() -> None:
         print(f"offline Predictor, same texts, {args.items} per call: {offline:.1f} texts/s")
     if args.json:
         args.json.write_text(json.dumps({"url": url, "model": model, "items_per_request": args.items,
-                                         "adaptive_batching": args.adaptive_batching if args.start else None,
                                          "levels": rows, "offline_texts_per_s": offline}, indent=2) + "\n")
 
 

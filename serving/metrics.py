@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serving.queue import QueueCounts
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+if TYPE_CHECKING:
+    from serving.batcher import BatcherStats
 
 
 @dataclass(frozen=True)
@@ -60,4 +63,25 @@ def queue_depth_text(counts: QueueCounts, per_category: dict[str, QueueCounts]) 
     for cat, c in per_category.items():
         for state in ("open", "claimed", "decided"):
             lines.append(f'shenhe_review_queue_category_depth{{category="{cat}",state="{state}"}} {getattr(c, state)}')
+    return "\n".join(lines) + "\n"
+
+
+def batcher_text(stats: BatcherStats, queued_tokens: int) -> str:
+    """Prometheus text lines for the worker's micro-batcher (appended to ``/metrics``)."""
+    counters = {
+        "shenhe_model_calls_total": ("Model (onnxruntime) calls", stats.calls),
+        "shenhe_model_windows_total": ("Token windows scored", stats.windows_scored),
+        "shenhe_model_padded_tokens_total": ("Padded tokens computed (batch x longest window per call)",
+                                             stats.padded_tokens),
+    }
+    lines: list[str] = []
+    for name, (help_text, value) in counters.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {value}"]
+    lines += ["# HELP shenhe_batcher_requests_total Requests through the batcher by outcome",
+              "# TYPE shenhe_batcher_requests_total counter"]
+    for outcome, value in (("done", stats.jobs_done), ("expired", stats.jobs_expired),
+                           ("cancelled", stats.jobs_cancelled), ("refused", stats.jobs_refused)):
+        lines.append(f'shenhe_batcher_requests_total{{outcome="{outcome}"}} {value}')
+    lines += ["# HELP shenhe_batcher_queued_tokens Tokens waiting for the model",
+              "# TYPE shenhe_batcher_queued_tokens gauge", f"shenhe_batcher_queued_tokens {queued_tokens}"]
     return "\n".join(lines) + "\n"

@@ -18,7 +18,7 @@ from serving.auth import KeyRing
 from serving.batcher import BatcherConfig, MicroBatcher
 from serving.config import ServingConfig
 from serving.logging import get_logger, log_event
-from serving.metrics import Metrics, get_metrics, queue_depth_text
+from serving.metrics import Metrics, batcher_text, get_metrics, queue_depth_text
 from serving.queue import NewReviewItem, ReviewStore
 
 if TYPE_CHECKING:
@@ -115,10 +115,12 @@ class Runtime:
         return result.review_ids
 
     def queue_metrics_text(self) -> str:
+        batcher = self.scheduler.batcher
+        model = batcher_text(batcher.stats, batcher.pending_tokens())
         try:
-            return queue_depth_text(self.store.counts(), self.store.category_counts())
+            return model + queue_depth_text(self.store.counts(), self.store.category_counts())
         except Exception:  # a scrape must not fail because the database is briefly away
-            return "# shenhe_review_queue_depth unavailable: database unreachable\n"
+            return model + "# shenhe_review_queue_depth unavailable: database unreachable\n"
 
     def close(self) -> None:
         self.scheduler.close()

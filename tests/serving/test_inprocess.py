@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from serving.batcher import QueueFull
 from serving.config import ServingConfig
 from serving.queue import ReviewStore
-from serving.batcher import QueueFull
 from serving.runtime import Runtime
 from tests.serving.conftest import EVERYDAY, INSULT, REPO
 
