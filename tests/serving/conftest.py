@@ -238,7 +238,10 @@ def serving_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _start(tiny_bundle: Path, files: dict[str, Path], name: str, db_url: str, **extra: str) -> ServerProcess:
     tmp = files["root"] / name
     tmp.mkdir(exist_ok=True)
-    env = server_env(tmp, db_url, files["policy"], files["keys"], **extra)
+    # Second opinions off on the shared servers: FIFO assertions need a queue without random copies
+    # (tests/serving/test_console.py turns them on where it tests them).
+    env = server_env(tmp, db_url, files["policy"], files["keys"],
+                     **{"SHENHE_SECOND_OPINION_SHARE": "0", **extra})
     return ServerProcess(args=["--bundle", str(tiny_bundle)], env=env, log_path=tmp / "server.log",
                          port=free_port()).start()
 
