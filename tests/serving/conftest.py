@@ -35,6 +35,8 @@ KEYS = {
     "classify": "test-classify-key-0123456789",
     "review": "test-review-key-0123456789ab",
     "admin": "test-admin-key-0123456789abc",
+    "review2": "test-second-reviewer-key-0123",
+    "metrics": "test-metrics-key-0123456789ab",
 }
 
 
@@ -59,6 +61,8 @@ def write_keys(path: Path) -> Path:
         {"name": "monitor", "key": KEYS["classify"], "roles": ["classify"]},
         {"name": "reviewers", "key": KEYS["review"], "roles": ["review"]},
         {"name": "ops", "key": KEYS["admin"], "roles": ["admin"]},
+        {"name": "bob", "key": KEYS["review2"], "roles": ["review"]},
+        {"name": "prometheus", "key": KEYS["metrics"], "roles": ["metrics"]},
     ]}), encoding="utf-8")
     return path
 
