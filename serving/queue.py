@@ -302,7 +302,7 @@ def make_engine(url: str) -> Engine:
     if u.get_backend_name() != "sqlite":
         return create_engine(u, pool_pre_ping=True, pool_size=5, max_overflow=10)
     if u.database and u.database != ":memory:" and not u.database.startswith("file:"):
-        _create_private_file(Path(u.database))
+        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(u, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -354,6 +354,10 @@ class ReviewStore:
         return make_url(self.url).render_as_string(hide_password=True)
 
     def create_schema(self) -> None:
+        u = make_url(self.url)
+        if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:" \
+                and not u.database.startswith("file:"):
+            _create_private_file(Path(u.database))
         for attempt in range(3):  # several workers may race to create the tables
             try:
                 metadata.create_all(self.engine)

@@ -155,7 +155,8 @@
     if (message) status(message);
   }
 
-  async function claimNext() {
+  async function claimNext(prefix) {
+    const before = prefix ? prefix + " " : "";
     if (busy) return;
     busy = true;
     try {
@@ -164,10 +165,10 @@
       if ($("filter-band").value) body.band = $("filter-band").value;
       const res = await call("POST", "/review/api/claim", body);
       if (res.status === 204) {
-        clearItem(skipped.length ? "没有更多条目（已跳过的条目稍后会重新出现）。" : "队列中没有符合条件的条目。");
+        clearItem(before + (skipped.length ? "没有更多条目（已跳过的条目稍后会重新出现）。" : "队列中没有符合条件的条目。"));
       } else if (res.status === 200) {
         show(res.data);
-        status(`已领取 ${res.data.review_id}`);
+        status(`${before}已领取 ${res.data.review_id}`, prefix ? "ok" : "");
       } else {
         status(errorText(res), "error");
       }
@@ -191,6 +192,7 @@
     busy = true;
     const item = current;
     const note = $("note").value.trim();
+    let done = "";
     try {
       const res = await call("POST", `/review/api/items/${item.review_id}/decision`,
         {labels, note: note || null, lease_token: item.lease_token});
@@ -198,12 +200,12 @@
       lastDecided = {item, labels: res.data.labels, note, at: Date.now()};
       $("undo").disabled = false;
       clearItem();
-      status(`已提交 ${item.review_id}：${res.data.labels.join(", ") || "harmless"}（${undoSeconds} 秒内可按 U 撤销）`, "ok");
+      done = `已提交 ${item.review_id}：${res.data.labels.join(", ") || "harmless"}（${undoSeconds} 秒内可按 U 撤销）。`;
+      status(done, "ok");
     } finally {
       busy = false;
     }
-    await claimNext();
-    if (!current) status(`已提交 ${item.review_id}（${undoSeconds} 秒内可按 U 撤销）。队列中没有更多条目。`, "ok");
+    if (done) await claimNext(done);
   }
 
   async function skip() {
@@ -218,7 +220,7 @@
     } finally {
       busy = false;
     }
-    await claimNext();
+    await claimNext(`已跳过 ${item.review_id}，已放回队列。`);
   }
 
   async function undo() {

@@ -416,7 +416,7 @@ def test_health_ready_and_openapi(server: ServerProcess) -> None:
 
 def test_metrics_count_requests_decisions_and_queue_depth(server: ServerProcess) -> None:
     classify(server, [{"id": f"m-{uid()}", "text": INSULT}, {"text": EVERYDAY}])
-    text = httpx.get(f"{server.url}/metrics").text
+    text = httpx.get(f"{server.url}/metrics", headers=auth("metrics")).text  # keys configured: a key is needed
     assert 'shenhe_requests_total{endpoint="/v1/classify",status="200"}' in text
     assert 'shenhe_request_latency_seconds_bucket{endpoint="/v1/classify"' in text
     assert 'shenhe_items_total{decision="review"}' in text and 'shenhe_items_total{decision="pass"}' in text
