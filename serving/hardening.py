@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.auth import AuthFailure, presented_key
+from serving.logging import log_event
 
 if TYPE_CHECKING:
     from serving.config import ServingConfig
@@ -120,6 +121,9 @@ class HardeningMiddleware:
         refusal = check(scope, config, runtime)
         if refusal is not None:
             status, code, message = refusal
+            if runtime is not None:  # one log line, like every answered request (no client address)
+                log_event(runtime.logger, "request refused", method=scope.get("method"), path=scope.get("path"),
+                          status=status, error=code)
             extra = [(b"www-authenticate", b"Bearer")] if status == 401 else []
             await _refuse(send, status, code, message, extra)
             return

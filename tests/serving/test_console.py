@@ -174,6 +174,7 @@ def test_cross_origin_state_changes_are_refused(server: ServerProcess, store: Re
     assert_error(httpx.post(f"{server.url}/review/api/claim", json={},
                             headers={**auth("review"), "Sec-Fetch-Site": "cross-site"}), 403, "origin_not_allowed")
     assert store.get(rid)["state"] == "open" and not store.audit_log(review_id=rid)
+    assert '"error": "origin_not_allowed"' in server.log_text()
     same = httpx.post(f"{server.url}/v1/classify", json={"items": [{"text": "你好"}]},
                       headers={**auth("classify"), "Origin": server.url})
     assert same.status_code == 200, same.text

@@ -278,17 +278,11 @@ def test_sqlite_file_is_created_owner_only(tmp_path: Path) -> None:
             assert f.stat().st_mode & 0o777 == 0o600, f
 
 
-def test_an_old_database_gains_the_new_columns(tmp_path: Path) -> None:
-    db = tmp_path / "old.db"
-    url = f"sqlite:///{db}"
-    s = ReviewStore(url)
-    s.create_schema()
-    with s.engine.begin() as conn:
+def test_an_old_database_gains_the_new_columns(store: ReviewStore) -> None:
+    with store.engine.begin() as conn:
         for col in ("kind", "parent_seq", "exclude_reviewer", "lease_holder"):
             conn.exec_driver_sql(f"ALTER TABLE shenhe_review_items DROP COLUMN {col}")
-    s.close()
-    s = ReviewStore(url)
-    s.create_schema()
-    (rid,) = s.enqueue([item("old", "旧库")]).review_ids
-    assert s.claim(60, "a").kind == "review"
-    s.close()
+    store.create_schema()  # what every start does
+    store.create_schema()  # and again: idempotent
+    store.enqueue([item("old", "旧库")])
+    assert store.claim(60, "a").kind == "review"
