@@ -7,7 +7,10 @@
   let lastDecided = null; // {review_id, labels, note, at}
   let skipped = [];       // items released in this page, not offered again right away
   let timer = null;
-  let busy = false;
+  // Actions run one after another: a key pressed while a request is in flight waits its turn
+  // (pressing U right after Enter undoes, even while the next item is being claimed).
+  let chain = Promise.resolve();
+  const run = (fn) => () => { chain = chain.then(fn).catch((e) => status(String(e), "error")); return chain; };
 
   function status(text, cls) {
     const el = $("status");
@@ -157,8 +160,6 @@
 
   async function claimNext(prefix) {
     const before = prefix ? prefix + " " : "";
-    if (busy) return;
-    busy = true;
     try {
       const body = {order: $("filter-order").value, skip: skipped.slice(-200)};
       if ($("filter-category").value) body.category = $("filter-category").value;
@@ -173,7 +174,6 @@
         status(errorText(res), "error");
       }
     } finally {
-      busy = false;
       refreshQueue();
     }
   }
@@ -183,54 +183,42 @@
   }
 
   async function submit() {
-    if (!current || busy) return;
+    if (!current) return;
     const labels = chosenLabels();
     if (!labels.length && !$("harmless").checked) {
       status("请先选择类别（1–9）或无害（0），再提交。", "error");
       return;
     }
-    busy = true;
     const item = current;
     const note = $("note").value.trim();
-    let done = "";
-    try {
-      const res = await call("POST", `/review/api/items/${item.review_id}/decision`,
-        {labels, note: note || null, lease_token: item.lease_token});
-      if (res.status !== 200) { status(errorText(res), "error"); return; }
-      lastDecided = {item, labels: res.data.labels, note, at: Date.now()};
-      $("undo").disabled = false;
-      clearItem();
-      done = `已提交 ${item.review_id}：${res.data.labels.join(", ") || "harmless"}（${undoSeconds} 秒内可按 U 撤销）。`;
-      status(done, "ok");
-    } finally {
-      busy = false;
-    }
-    if (done) await claimNext(done);
+    const res = await call("POST", `/review/api/items/${item.review_id}/decision`,
+      {labels, note: note || null, lease_token: item.lease_token});
+    if (res.status !== 200) { status(errorText(res), "error"); return; }
+    lastDecided = {item, labels: res.data.labels, note, at: Date.now()};
+    $("undo").disabled = false;
+    clearItem();
+    const done = `已提交 ${item.review_id}：${res.data.labels.join(", ") || "harmless"}（${undoSeconds} 秒内可按 U 撤销）。`;
+    status(done, "ok");
+    await claimNext(done);
   }
 
   async function skip() {
-    if (!current || busy) return;
-    busy = true;
+    if (!current) return;
     const item = current;
-    try {
-      const res = await call("POST", `/review/api/items/${item.review_id}/release`, {lease_token: item.lease_token});
-      if (res.status !== 200) { status(errorText(res), "error"); return; }
-      skipped.push(item.review_id);
-      clearItem(`已跳过 ${item.review_id}，已放回队列。`);
-    } finally {
-      busy = false;
-    }
+    const res = await call("POST", `/review/api/items/${item.review_id}/release`, {lease_token: item.lease_token});
+    if (res.status !== 200) { status(errorText(res), "error"); return; }
+    skipped.push(item.review_id);
+    clearItem(`已跳过 ${item.review_id}，已放回队列。`);
     await claimNext(`已跳过 ${item.review_id}，已放回队列。`);
   }
 
   async function undo() {
-    if (!lastDecided || busy) return;
+    if (!lastDecided) return;
     if (Date.now() - lastDecided.at > undoSeconds * 1000) {
       status("撤销期限已过。", "error");
       $("undo").disabled = true;
       return;
     }
-    busy = true;
     try {
       if (current) { // give the item on screen back first
         await call("POST", `/review/api/items/${current.review_id}/release`, {lease_token: current.lease_token});
@@ -243,7 +231,6 @@
       lastDecided = null;
       $("undo").disabled = true;
     } finally {
-      busy = false;
       refreshQueue();
     }
   }
@@ -259,30 +246,35 @@
     if (box) { box.checked = !box.checked; $("harmless").checked = false; }
   }
 
+  const doSubmit = run(submit);
+  const doSkip = run(skip);
+  const doUndo = run(undo);
+  const doClaim = run(() => (current ? undefined : claimNext()));
+
   document.addEventListener("keydown", (ev) => {
     const inNote = ev.target === $("note");
     if (inNote) {
       if (ev.key === "Escape") $("note").blur();
-      else if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); submit(); }
+      else if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); doSubmit(); }
       return;
     }
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
     if (["INPUT", "SELECT", "TEXTAREA"].includes(ev.target.tagName) && ev.target.type !== "checkbox") return;
     const k = ev.key;
     if (/^[0-9]$/.test(k)) { ev.preventDefault(); toggle(k); }
-    else if (k === "Enter") { ev.preventDefault(); submit(); }
-    else if (k === "s" || k === "S") { ev.preventDefault(); skip(); }
-    else if (k === "u" || k === "U") { ev.preventDefault(); undo(); }
-    else if (k === "n" || k === "N") { ev.preventDefault(); if (!current) claimNext(); }
+    else if (k === "Enter") { ev.preventDefault(); doSubmit(); }
+    else if (k === "s" || k === "S") { ev.preventDefault(); doSkip(); }
+    else if (k === "u" || k === "U") { ev.preventDefault(); doUndo(); }
+    else if (k === "n" || k === "N") { ev.preventDefault(); doClaim(); }
   });
   $("harmless").addEventListener("change", () => { if ($("harmless").checked) setLabels([]), $("harmless").checked = true; });
   for (const box of document.querySelectorAll("input[name=label]")) {
     box.addEventListener("change", () => { if (box.checked) $("harmless").checked = false; });
   }
-  $("claim-next").addEventListener("click", () => { if (!current) claimNext(); });
-  $("submit").addEventListener("click", submit);
-  $("skip").addEventListener("click", skip);
-  $("undo").addEventListener("click", undo);
+  $("claim-next").addEventListener("click", doClaim);
+  $("submit").addEventListener("click", doSubmit);
+  $("skip").addEventListener("click", doSkip);
+  $("undo").addEventListener("click", doUndo);
   const out = $("sign-out");
   if (out) out.addEventListener("click", async () => { await call("POST", "/review/api/session/end"); location.reload(); });
   refreshQueue();

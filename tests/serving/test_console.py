@@ -8,14 +8,16 @@ import re
 import stat
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import update
 from sqlalchemy.engine import make_url
 
 from models.types import ModelInfo, Prediction, Reason
-from serving.queue import NewReviewItem, ReviewStore
+from serving.queue import NewReviewItem, ReviewStore, review_items
 from tests.serving.conftest import INSULT, KEYS, ServerProcess, auth
 
 pytestmark = pytest.mark.integration
@@ -236,12 +238,17 @@ def block_prediction(category: str) -> Prediction:
 
 
 def seed_block_audits(store: ReviewStore, category: str, confirmed: int, rejected: int) -> None:
-    """Decided audit items of auto-blocks: ``confirmed`` with the category, ``rejected`` without."""
+    """Decided audit items of auto-blocks: ``confirmed`` with the category, ``rejected`` without. Written
+    decided in one step, so that no console claiming at the same time can take one."""
     tag = uid()
     ids = store.enqueue([NewReviewItem(f"seed-{tag}-{i}", f"拦截样本 {tag} {i}", block_prediction(category), kind="audit")
                          for i in range(confirmed + rejected)]).review_ids
-    for i, rid in enumerate(ids):
-        store.decide(rid, [category] if i < confirmed else [], "seeder")
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with store.engine.begin() as conn:
+        for labels, chunk in (([category], ids[:confirmed]), ([], ids[confirmed:])):
+            conn.execute(update(review_items).where(review_items.c.review_id.in_(chunk)).values(
+                state="decided", labels=labels, reviewer="seeder", decided_at=now, lease_token=None,
+                lease_expires_at=None, lease_holder=None))
 
 
 def test_live_precision_on_metrics_and_a_flag_on_the_admin_page(server: ServerProcess, store: ReviewStore) -> None:

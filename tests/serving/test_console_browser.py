@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -126,7 +127,7 @@ def test_reviewer_flow_claim_label_undo_export(page: Any, sqlite_server: ServerP
         assert row["state"] == "decided" and row["labels"] == ["insult_defamation"] and row["reviewer"] == "bob"
         assert row["note"] == "粗口"
 
-        page.keyboard.press("u")
+        page.keyboard.press("u")  # right away: it waits for the next claim in flight
         sync_api.expect(page.locator("#status")).to_contain_text("已撤销")
         assert page.locator("#item-text").inner_text() == text
         assert page.locator('input[value="insult_defamation"]').is_checked()  # the labels come back
@@ -162,6 +163,7 @@ def test_skip_releases_the_item(page: Any, sqlite_server: ServerProcess) -> None
     page.locator("body").click()
     page.keyboard.press("s")
     sync_api.expect(page.locator("#status")).to_contain_text("已跳过")
+    sync_api.expect(page.locator("#status")).to_contain_text(re.compile("已领取|没有"))  # the next claim is done
     store = ReviewStore(str(server.extra["db_url"]))
     try:
         assert [a["action"] for a in store.audit_log(review_id=rid)][::-1][:2] == ["claim", "release"]
