@@ -32,6 +32,7 @@ from models.policy import CATEGORY_SLUGS
 from serving.auth import AuthFailure, Principal, presented_key
 from serving.batcher import Cancelled, DeadlineExceeded, QueueFull
 from serving.config import MAX_ITEMS, ServingConfig
+from serving.live_precision import after_classify
 from serving.logging import log_event, request_id_var
 from serving.queue import NewReviewItem, QueueError
 from serving.runtime import Runtime, TokenBudgetExceeded
@@ -261,7 +262,7 @@ app = FastAPI(
     version=API_VERSION,
     summary="Detect prohibited content (Article 9 categories) in Chinese text; human review queue.",
     openapi_url="/v1/openapi.json",
-    docs_url="/v1/docs",
+    docs_url=None,  # served offline by serving/console.py (Swagger UI assets from a package, no CDN)
     redoc_url=None,
     **_telemetry_off,  # type: ignore[arg-type]
 )
@@ -360,6 +361,7 @@ async def classify(request: Request) -> Response:
             for i in to_queue
         ])
         review_ids = dict(zip(to_queue, ids, strict=True))
+    audited = await after_classify(runtime, [item.id for item in req.items], texts, predictions, rid)
 
     decisions = Counter(p.decision for p in predictions)
     m = runtime.metrics
@@ -367,7 +369,8 @@ async def classify(request: Request) -> Response:
         m.items.labels(decision=p.decision).inc()
         for cat in p.categories:
             m.category_decisions.labels(category=cat, decision=p.decision).inc()
-    request.state.log_fields.update(items=len(texts), decisions=dict(decisions), queued=len(review_ids))
+    request.state.log_fields.update(items=len(texts), decisions=dict(decisions), queued=len(review_ids),
+                                    audit_queued=audited)
     if runtime.config.log_texts:
         for i, (item, p) in enumerate(zip(req.items, predictions, strict=True)):
             log_event(runtime.logger, "item", index=i, id=item.id, text=item.text, decision=p.decision,
@@ -397,8 +400,9 @@ async def review_next(
     lease_seconds: int | None = Query(None, ge=1, le=86_400, description="lease length (default: server setting)"),
 ) -> Response:
     runtime = _runtime(request)
-    _authorize(request, runtime, "review")
-    item = await anyio.to_thread.run_sync(runtime.store.claim, lease_seconds or runtime.config.lease_seconds)
+    principal = _authorize(request, runtime, "review")
+    item = await anyio.to_thread.run_sync(runtime.store.claim, lease_seconds or runtime.config.lease_seconds,
+                                          principal.name)
     if item is None:
         return Response(status_code=204)
     request.state.log_fields["review_id"] = item.review_id
@@ -409,6 +413,7 @@ async def review_next(
         matches=[MatchOut.model_validate(m) for m in item.matches],
         model=ModelRef(name=item.model_name, version=item.model_version), policy_version=item.policy_version,
         created_at=item.created_at, lease_token=item.lease_token, lease_expires_at=item.lease_expires_at,
+        kind=item.kind,  # type: ignore[arg-type]
     )
     return Response(out.model_dump_json(), media_type="application/json")
 
@@ -433,11 +438,14 @@ async def review_stats(request: Request) -> ReviewStats:
     "/v1/review/{review_id}",
     response_model=ReviewDecisionOut,
     responses={**ERROR_RESPONSES, 404: {"model": ErrorBody, "description": "No such review item"},
-               409: {"model": ErrorBody, "description": "Already decided with other labels, or leased to another reviewer"}},
+               409: {"model": ErrorBody, "description": "Already decided with other labels (conflict), or "
+                                                        "leased to another reviewer (leased)"}},
     openapi_extra=_body_doc(ReviewDecisionIn),
     tags=["review"],
     summary="Record a reviewer's decision",
-    description="Repeating the same labels is idempotent (200, the first decision is kept).",
+    description="Repeating the same labels is idempotent (200, the first decision is kept). The reviewer "
+                "recorded is the API key's name. While someone holds a live lease on the item, only their "
+                "lease_token may decide it (409 leased otherwise, with or without a token).",
 )
 async def review_decide(
     request: Request,
@@ -453,9 +461,10 @@ async def review_decide(
     for where, value in (("reviewer", decision.reviewer), ("note", decision.note), ("lease_token", decision.lease_token)):
         _check_unicode(value, where)
     request.state.log_fields.update(review_id=review_id, reviewer_key=principal.name)
-    record = await anyio.to_thread.run_sync(
-        lambda: runtime.store.decide(review_id, [k for k, v in decision.labels.items() if v], decision.reviewer,
-                                     decision.note, decision.lease_token))
+    record = await anyio.to_thread.run_sync(  # the reviewer recorded is the key's name, not the body's
+        lambda: runtime.store.decide(review_id, [k for k, v in decision.labels.items() if v], principal.name,
+                                     decision.note, decision.lease_token,
+                                     second_opinion_share=runtime.config.second_opinion_share))
     out = ReviewDecisionOut(review_id=record.review_id, status="decided", labels=record.labels,
                             reviewer=record.reviewer, note=record.note, decided_at=record.decided_at)
     return Response(out.model_dump_json(), media_type="application/json")
@@ -516,3 +525,10 @@ def _openapi() -> dict[str, Any]:
 
 
 app.openapi = _openapi  # type: ignore[method-assign]
+
+
+# ---- the review console, offline docs (serving/console.py) ----------------------------------------
+
+from serving import console  # noqa: E402  (it reads this module's helpers)
+
+console.install(app)

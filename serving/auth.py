@@ -12,6 +12,9 @@ Keys come from a YAML file (``--keys FILE`` / ``SHENHE_KEYS_FILE``)::
       - name: ops
         key: "..."
         roles: [admin]               # admin may do everything
+      - name: prometheus
+        key: "..."
+        roles: [metrics]             # scrape /metrics (it needs a key when keys are configured)
 
 Clients send ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. No header or an unknown key
 is 401; a known key without the needed role is 403. Keys are compared as SHA-256 digests.
@@ -28,8 +31,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Role = Literal["classify", "review", "admin"]
-ROLES: tuple[str, ...] = ("classify", "review", "admin")
+Role = Literal["classify", "review", "metrics", "admin"]
+ROLES: tuple[str, ...] = ("classify", "review", "metrics", "admin")
 MIN_KEY_CHARS = 16
 
 
@@ -141,6 +144,10 @@ class KeyRing:
             if hmac.compare_digest(known, d):
                 return principal
         raise AuthFailure(401, "unauthorized", "unknown API key")
+
+    def by_digest(self, key_sha256: str) -> Principal | None:
+        """The principal of a key given by its SHA-256 (a console session stores only that)."""
+        return self._by_digest.get(key_sha256.lower())
 
     def authorize(self, presented: str | None, role: str) -> Principal:
         principal = self.authenticate(presented)

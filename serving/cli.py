@@ -108,6 +108,9 @@ def _serve(**options: object) -> None:
     print(f"shenhe: bundle {bundle.manifest.name} {bundle.manifest.version} ({bundle.dir}); "
           f"review queue {store.describe()}", file=sys.stderr)
     print(f"shenhe: {note}; http://{host}:{config.port}/v1/docs", file=sys.stderr, flush=True)
+    if config.allowed_hosts is None and not _is_loopback(host):
+        print("shenhe: only loopback Host names are answered; set SHENHE_ALLOWED_HOSTS to the names clients "
+              "use (see the README)", file=sys.stderr, flush=True)
 
     # What `bentoml serve serving.service:Shenhe` does, with our host/port/timeout.
     from _bentoml_impl.server import serve_http

@@ -36,7 +36,15 @@ _ENV_FIELDS = {
     "max_request_tokens": "SHENHE_MAX_REQUEST_TOKENS",
     "lease_seconds": "SHENHE_LEASE_SECONDS",
     "request_timeout_s": "SHENHE_REQUEST_TIMEOUT_S",
+    # review console (issue 18)
+    "allowed_hosts": "SHENHE_ALLOWED_HOSTS",
+    "second_opinion_share": "SHENHE_SECOND_OPINION_SHARE",
+    "audit_block_share": "SHENHE_AUDIT_BLOCK_SHARE",
+    "undo_seconds": "SHENHE_UNDO_SECONDS",
+    "session_hours": "SHENHE_SESSION_HOURS",
 }
+
+LOOPBACK_HOST_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 class ConfigError(ValueError):
@@ -76,6 +84,20 @@ class ServingConfig(BaseModel):
     # Our deadline for scoring a request (504 in our error format after it); BentoML's own timeout is set
     # a little longer so that ours always answers first.
     request_timeout_s: float = Field(30, gt=0, le=3600)
+    # Review console and hardening (issue 18).
+    # Host names the service answers to, comma-separated ("*" = any); None: loopback names only.
+    allowed_hosts: str | None = None
+    second_opinion_share: float = Field(0.05, ge=0.0, le=1.0)  # decided items re-queued for another reviewer
+    audit_block_share: float = Field(0.02, ge=0.0, le=1.0)  # auto-blocked items queued as audit items
+    undo_seconds: int = Field(60, ge=0, le=86_400)  # a reviewer may undo their decision this long
+    session_hours: int = Field(12, ge=1, le=24 * 30)  # console sign-in lifetime
+
+    def host_names(self) -> frozenset[str] | None:
+        """The allowed ``Host`` names (lower case, no port); None = any."""
+        if self.allowed_hosts is None:
+            return frozenset(LOOPBACK_HOST_NAMES)
+        names = {n.strip().lower().strip("[]") for n in self.allowed_hosts.split(",") if n.strip()}
+        return None if "*" in names else frozenset(names)
 
     @field_validator("db_url")
     @classmethod

@@ -7,12 +7,19 @@ Guarantees:
 - Claims are leases: ``claim`` hands out the oldest open item whose lease is absent or expired, safely
   under concurrency (PostgreSQL ``FOR UPDATE SKIP LOCKED``; SQLite ``BEGIN IMMEDIATE``).
 - Only the caller's opaque id is stored with the text: no addresses, no user agents.
+- A decision on an item leased to someone else is refused (409 ``leased``) whatever the body says;
+  the reviewer recorded is the authenticated key's name, and every claim, release, decision and undo
+  is a row of ``shenhe_review_audit`` written in the same transaction.
+- Item kinds: ``review`` (the model asked for it), ``audit`` (a sampled auto-block, for measuring block
+  precision) and ``second`` (a second opinion on a decided item, for a different reviewer).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -38,13 +45,14 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     or_,
     select,
     text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
 from models.policy import CATEGORY_SLUGS
@@ -100,7 +108,49 @@ review_items = Table(
     Column("reviewer", NulSafeText()),
     Column("note", NulSafeText()),
     Column("decided_at", DateTime),
+    # Added by the review console (ALTER TABLE on older databases, see ReviewStore.create_schema).
+    Column("kind", String(8), nullable=False, server_default="review"),  # review | audit | second
+    Column("parent_seq", _Seq),  # kind=second: the item whose decision is being checked
+    Column("exclude_reviewer", NulSafeText()),  # kind=second: the first reviewer may not claim it
+    Column("lease_holder", NulSafeText()),  # key name of the live lease's holder
     Index("ix_shenhe_review_items_state_seq", "state", "seq"),
+)
+
+# Added columns, for databases created before them: name -> SQL type and default.
+_ADDED_COLUMNS: dict[str, tuple[str, str | None]] = {
+    "kind": ("VARCHAR(8) NOT NULL DEFAULT 'review'", None),
+    "parent_seq": ("BIGINT", None),
+    "exclude_reviewer": ("TEXT", None),
+    "lease_holder": ("TEXT", None),
+}
+
+review_audit = Table(
+    "shenhe_review_audit",
+    metadata,
+    Column("id", _Seq, primary_key=True, autoincrement=True),
+    Column("at", DateTime, nullable=False),
+    Column("actor", NulSafeText(), nullable=False),  # the API key's name
+    Column("action", String(16), nullable=False),  # claim | release | decide | undo
+    Column("review_id", String(32), nullable=False),
+    Column("detail", JSON, nullable=False),
+    Index("ix_shenhe_review_audit_review_id", "review_id"),
+)
+
+console_sessions = Table(
+    "shenhe_console_sessions",
+    metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column("key_sha256", String(64), nullable=False),  # which API key signed in (re-checked every request)
+    Column("created_at", DateTime, nullable=False),
+    Column("expires_at", DateTime, nullable=False),
+)
+
+traffic_counts = Table(
+    "shenhe_traffic_counts",
+    metadata,
+    Column("category", String(32), primary_key=True),  # "*" = all classified items
+    Column("decision", String(8), primary_key=True),
+    Column("n", BigInteger, nullable=False),
 )
 
 review_categories = Table(
@@ -127,6 +177,16 @@ class ReviewNotFound(QueueError):
 class ReviewConflict(QueueError):
     status = 409
     code = "conflict"
+
+
+class ReviewLeased(ReviewConflict):
+    """Someone else holds a live lease on the item."""
+
+    code = "leased"
+
+
+class UndoRefused(ReviewConflict):
+    code = "undo_refused"
 
 
 class QueueUnavailable(QueueError):
@@ -160,6 +220,7 @@ class NewReviewItem:
     text: str
     prediction: Prediction
     request_id: str | None = None
+    kind: str = "review"  # review | audit (a sampled auto-block)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +239,8 @@ class ClaimedItem:
     created_at: datetime
     lease_token: str
     lease_expires_at: datetime
+    kind: str = "review"
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,8 +269,31 @@ class QueueCounts:
         return self.open + self.claimed + self.decided
 
 
+def sampled(key: str, share: float) -> bool:
+    """A deterministic draw: the same key always gets the same answer (a retried request is sampled
+    the same way), and a share of the keys gets True."""
+    if share <= 0.0:
+        return False
+    if share >= 1.0:
+        return True
+    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+    return h < share * 2**64
+
+
 def _ordered_labels(labels: Sequence[str]) -> list[str]:
     return [s for s in CATEGORY_SLUGS if s in set(labels)]
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the SQLite file readable by the owner only (0600): it holds every queued text. SQLite
+    gives its -wal and -shm files the main file's mode. An existing file keeps its mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os.chmod(path, 0o600)  # whatever the umask
 
 
 def make_engine(url: str) -> Engine:
@@ -268,14 +354,29 @@ class ReviewStore:
         return make_url(self.url).render_as_string(hide_password=True)
 
     def create_schema(self) -> None:
+        u = make_url(self.url)
+        if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:" \
+                and not u.database.startswith("file:"):
+            _create_private_file(Path(u.database))
         for attempt in range(3):  # several workers may race to create the tables
             try:
                 metadata.create_all(self.engine)
+                self._add_missing_columns()
                 return
-            except (IntegrityError, OperationalError):
+            except (IntegrityError, OperationalError, ProgrammingError):
                 if attempt == 2:
                     raise
         return
+
+    def _add_missing_columns(self) -> None:
+        """Databases created before the review console lack its columns: add them (idempotent)."""
+        have = {c["name"] for c in inspect(self.engine).get_columns(review_items.name)}
+        missing = [name for name in _ADDED_COLUMNS if name not in have]
+        if not missing:
+            return
+        with self.engine.begin() as conn:
+            for name in missing:
+                conn.exec_driver_sql(f"ALTER TABLE {review_items.name} ADD COLUMN {name} {_ADDED_COLUMNS[name][0]}")
 
     def drop_schema(self) -> None:
         metadata.drop_all(self.engine)
@@ -342,6 +443,7 @@ class ReviewStore:
                 "created_at": now,
                 "state": "open",
                 "claims": 0,
+                "kind": item.kind,
             })
         if rows:
             _insert_ignoring_duplicates(conn, rows)
@@ -364,16 +466,26 @@ class ReviewStore:
             new = 0
         return Enqueued([found[k] for k in keys], new)
 
-    def claim(self, lease_seconds: int) -> ClaimedItem | None:
-        """Lease the oldest open item (None when there is none)."""
+    def claim(self, lease_seconds: int, actor: str = "anonymous", *, category: str | None = None,
+              band: str | None = None, newest_first: bool = False, skip: Sequence[str] = ()) -> ClaimedItem | None:
+        """Lease the oldest open item (None when there is none) to ``actor`` (an API key's name).
+        ``category``/``band`` (the model's decision: review or block) filter; ``skip`` leaves out items
+        the reviewer just released. A second-opinion item is never handed to its first reviewer."""
         now = utcnow()
         t = review_items
+        cond = [t.c.state == "open", or_(t.c.lease_expires_at.is_(None), t.c.lease_expires_at <= now),
+                or_(t.c.exclude_reviewer.is_(None), t.c.exclude_reviewer != actor)]
+        if category is not None:
+            cond.append(t.c.seq.in_(select(review_categories.c.seq).where(review_categories.c.category == category)))
+        if band is not None:
+            cond.append(t.c.decision == band)
+        if skip:
+            cond.append(t.c.review_id.not_in(list(skip)))
         try:
             with self.engine.begin() as conn:
                 row = conn.execute(
-                    select(t)
-                    .where(t.c.state == "open", or_(t.c.lease_expires_at.is_(None), t.c.lease_expires_at <= now))
-                    .order_by(t.c.seq)
+                    select(t).where(*cond)
+                    .order_by(t.c.seq.desc() if newest_first else t.c.seq)
                     .limit(1)
                     .with_for_update(skip_locked=True)
                 ).mappings().first()
@@ -382,20 +494,57 @@ class ReviewStore:
                 token = uuid.uuid4().hex
                 expires = now + timedelta(seconds=lease_seconds)
                 conn.execute(update(t).where(t.c.seq == row["seq"]).values(
-                    lease_token=token, lease_expires_at=expires, claims=t.c.claims + 1))
+                    lease_token=token, lease_expires_at=expires, lease_holder=actor, claims=t.c.claims + 1))
+                self._audit(conn, now, actor, "claim", row["review_id"],
+                            {"lease_seconds": lease_seconds, "kind": row["kind"]})
         except SQLAlchemyError as e:
             raise QueueUnavailable(f"review queue unavailable ({e.__class__.__name__})") from None
+        return self._claimed(row, token, expires)
+
+    @staticmethod
+    def _claimed(row: Any, token: str, expires: datetime) -> ClaimedItem:
         return ClaimedItem(
             review_id=row["review_id"], caller_id=row["caller_id"], text=row["text"], decision=row["decision"],
             scores=row["scores"], categories=row["categories"], reasons=row["reasons"], matches=row["matches"],
             model_name=row["model_name"], model_version=row["model_version"], policy_version=row["policy_version"],
             created_at=_aware(row["created_at"]), lease_token=token, lease_expires_at=_aware(expires),
+            kind=row["kind"], request_id=row["request_id"],
         )
 
+    @staticmethod
+    def _audit(conn: Connection, at: datetime, actor: str, action: str, review_id: str,
+               detail: dict[str, Any]) -> None:
+        conn.execute(insert(review_audit).values(at=at, actor=actor, action=action, review_id=review_id,
+                                                 detail=detail))
+
+    def release(self, review_id: str, lease_token: str, actor: str) -> None:
+        """Give a leased item back to the queue (the reviewer skipped it)."""
+        now = utcnow()
+        t = review_items
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(select(t).where(t.c.review_id == review_id).with_for_update()).mappings().first()
+                if row is None:
+                    raise ReviewNotFound(f"no review item {review_id!r}")
+                if row["state"] == "decided":
+                    raise ReviewConflict(f"review item {review_id} is already decided")
+                if row["lease_token"] != lease_token:
+                    raise ReviewLeased(f"review item {review_id}: this lease is not yours (it expired or was "
+                                       "claimed again)")
+                conn.execute(update(t).where(t.c.seq == row["seq"]).values(
+                    lease_token=None, lease_expires_at=None, lease_holder=None))
+                self._audit(conn, now, actor, "release", review_id, {})
+        except QueueError:
+            raise
+        except SQLAlchemyError as e:
+            raise QueueUnavailable(f"review queue unavailable ({e.__class__.__name__})") from None
+
     def decide(self, review_id: str, labels: Sequence[str], reviewer: str, note: str | None = None,
-               lease_token: str | None = None) -> DecisionRecord:
+               lease_token: str | None = None, *, second_opinion_share: float = 0.0) -> DecisionRecord:
         """Record a reviewer's labels. Repeating the same labels is a no-op; different labels on a
-        decided item, or a decision while another reviewer holds a live lease, is a conflict."""
+        decided item are a conflict, and so is a decision while a live lease is held under another
+        token (whatever the body says: leaving the token out does not get around it).
+        ``second_opinion_share`` of first decisions put a copy back for a different reviewer."""
         unknown = [s for s in labels if s not in CATEGORY_SLUGS]
         if unknown:
             raise QueueError(f"unknown category slug(s): {', '.join(sorted(unknown))}")
@@ -413,16 +562,77 @@ class ReviewStore:
                     raise ReviewConflict(
                         f"review item {review_id} was already decided by {row['reviewer']!r} with other labels")
                 lease_live = row["lease_expires_at"] is not None and row["lease_expires_at"] > now
-                if lease_token is not None and lease_live and lease_token != row["lease_token"]:
-                    raise ReviewConflict(f"review item {review_id} is leased to another reviewer; claim it again")
+                if lease_live and lease_token != row["lease_token"]:
+                    raise ReviewLeased(f"review item {review_id} is leased to another reviewer until "
+                                       f"{_aware(row['lease_expires_at']).isoformat()}; claim it again after that")
+                if row["kind"] == "second" and row["exclude_reviewer"] == reviewer:
+                    raise ReviewConflict(f"review item {review_id} asks for a second opinion: "
+                                         "a different reviewer must decide it")
                 conn.execute(update(t).where(t.c.seq == row["seq"]).values(
                     state="decided", labels=wanted, reviewer=reviewer, note=note, decided_at=now,
-                    lease_token=None, lease_expires_at=None))
+                    lease_token=None, lease_expires_at=None, lease_holder=None))
+                second = None
+                if row["kind"] != "second" and sampled(f"second:{review_id}", second_opinion_share):
+                    second = self._add_second_opinion(conn, row, reviewer, now)
+                self._audit(conn, now, reviewer, "decide", review_id,
+                            {"labels": wanted, "note": bool(note), "with_lease": lease_token is not None,
+                             "second_opinion": second})
         except QueueError:
             raise
         except SQLAlchemyError as e:
             raise QueueUnavailable(f"review queue unavailable ({e.__class__.__name__})") from None
         return DecisionRecord(review_id, wanted, reviewer, note, _aware(now))
+
+    def _add_second_opinion(self, conn: Connection, row: Any, first_reviewer: str, now: datetime) -> str:
+        t = review_items
+        rid = uuid.uuid4().hex
+        copy = {c.name: row[c.name] for c in t.columns if c.name != "seq"}
+        copy.update(review_id=rid, dedup_key=hashlib.sha256(f"second:{row['review_id']}".encode()).hexdigest(),
+                    created_at=now, state="open", lease_token=None, lease_expires_at=None, lease_holder=None,
+                    claims=0, labels=None, reviewer=None, note=None, decided_at=None, kind="second",
+                    parent_seq=row["seq"], exclude_reviewer=first_reviewer)
+        seq = conn.execute(insert(t).values(**copy).returning(t.c.seq)).scalar_one()
+        cats = list(dict.fromkeys(row["categories"] or []))
+        if cats:
+            conn.execute(insert(review_categories), [{"seq": seq, "category": c} for c in cats])
+        return rid
+
+    def undo(self, review_id: str, actor: str, grace_seconds: int, lease_seconds: int) -> ClaimedItem:
+        """Take back ``actor``'s own decision within ``grace_seconds``: the item is open again and leased
+        back to ``actor``. A second opinion it started is withdrawn (refused once that is decided)."""
+        now = utcnow()
+        t = review_items
+        try:
+            with self.engine.begin() as conn:
+                row = conn.execute(select(t).where(t.c.review_id == review_id).with_for_update()).mappings().first()
+                if row is None:
+                    raise ReviewNotFound(f"no review item {review_id!r}")
+                if row["state"] != "decided":
+                    raise UndoRefused(f"review item {review_id} is not decided")
+                if row["reviewer"] != actor:
+                    raise UndoRefused(f"review item {review_id} was decided by {row['reviewer']!r}, not by you")
+                if row["decided_at"] < now - timedelta(seconds=grace_seconds):
+                    raise UndoRefused(f"the decision on {review_id} is older than {grace_seconds} s; it can no "
+                                      "longer be undone")
+                children = conn.execute(select(t.c.seq, t.c.state).where(
+                    t.c.parent_seq == row["seq"], t.c.kind == "second")).tuples().all()
+                if any(state == "decided" for _, state in children):
+                    raise UndoRefused(f"a second opinion on {review_id} is already decided")
+                for seq, _ in children:
+                    conn.execute(review_categories.delete().where(review_categories.c.seq == seq))
+                    conn.execute(t.delete().where(t.c.seq == seq))
+                token = uuid.uuid4().hex
+                expires = now + timedelta(seconds=lease_seconds)
+                conn.execute(update(t).where(t.c.seq == row["seq"]).values(
+                    state="open", labels=None, reviewer=None, note=None, decided_at=None,
+                    lease_token=token, lease_expires_at=expires, lease_holder=actor, claims=t.c.claims + 1))
+                self._audit(conn, now, actor, "undo", review_id,
+                            {"labels": _ordered_labels(row["labels"] or []), "note": row["note"] is not None})
+        except QueueError:
+            raise
+        except SQLAlchemyError as e:
+            raise QueueUnavailable(f"review queue unavailable ({e.__class__.__name__})") from None
+        return self._claimed(row, token, expires)
 
     # ---- reading -----------------------------------------------------------------------------
 
@@ -460,14 +670,15 @@ class ReviewStore:
         return out
 
     def iter_decided(self, page: int = 1000) -> Iterator[dict[str, Any]]:
-        """Decided items in queue order, as corpus records (``source: review``)."""
+        """Decided items in queue order, as corpus records (``source: review``); second opinions are
+        not repeated (the admin page reports agreement)."""
         t = review_items
         last = 0
         while True:
             with self.engine.connect() as conn:
                 rows = conn.execute(
                     select(t.c.seq, t.c.review_id, t.c.text, t.c.labels)
-                    .where(t.c.state == "decided", t.c.seq > last)
+                    .where(t.c.state == "decided", t.c.seq > last, t.c.kind != "second")
                     .order_by(t.c.seq).limit(page)
                 ).mappings().all()
             if not rows:
@@ -485,3 +696,90 @@ class ReviewStore:
     def review_ids(self) -> set[str]:
         with self.engine.connect() as conn:
             return set(conn.execute(select(review_items.c.review_id)).scalars())
+
+    # ---- the review console --------------------------------------------------------------------
+
+    def overview(self, actor: str) -> list[dict[str, Any]]:
+        """Claimable items per category and band (the model's decision), with the oldest one's age."""
+        now = utcnow()
+        t, rc = review_items, review_categories
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(rc.c.category, t.c.decision, func.count(), func.min(t.c.created_at))
+                    .select_from(rc.join(t))
+                    .where(t.c.state == "open", or_(t.c.lease_expires_at.is_(None), t.c.lease_expires_at <= now),
+                           or_(t.c.exclude_reviewer.is_(None), t.c.exclude_reviewer != actor))
+                    .group_by(rc.c.category, t.c.decision)
+                ).tuples().all()
+        except SQLAlchemyError as e:
+            raise QueueUnavailable(f"review queue unavailable ({e.__class__.__name__})") from None
+        out = [{"category": c, "band": d, "open": int(n), "oldest_age_s": max(0, int((now - oldest).total_seconds()))}
+               for c, d, n, oldest in rows]
+        order = {s: i for i, s in enumerate(CATEGORY_SLUGS)}
+        return sorted(out, key=lambda r: (order.get(r["category"], 99), r["band"]))
+
+    def decided_rows(self) -> list[dict[str, Any]]:
+        """Every decided item, light columns only (live precision, throughput, agreement)."""
+        t = review_items
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                select(t.c.seq, t.c.review_id, t.c.kind, t.c.parent_seq, t.c.decision, t.c.categories, t.c.labels,
+                       t.c.reviewer, t.c.decided_at, t.c.created_at).where(t.c.state == "decided")
+            ).mappings()]
+
+    def audit_log(self, limit: int = 200, review_id: str | None = None) -> list[dict[str, Any]]:
+        a = review_audit
+        q = select(a).order_by(a.c.id.desc()).limit(limit)
+        if review_id is not None:
+            q = q.where(a.c.review_id == review_id)
+        with self.engine.connect() as conn:
+            return [{**dict(r), "at": _aware(r["at"])} for r in conn.execute(q).mappings()]
+
+    # sessions of the console (cookie -> API key digest)
+
+    def create_session(self, key_sha256: str, hours: int) -> str:
+        token = secrets.token_urlsafe(32)
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(console_sessions.delete().where(console_sessions.c.expires_at <= now))
+            conn.execute(insert(console_sessions).values(
+                token_sha256=hashlib.sha256(token.encode()).hexdigest(), key_sha256=key_sha256,
+                created_at=now, expires_at=now + timedelta(hours=hours)))
+        return token
+
+    def session_key(self, token: str) -> str | None:
+        """The API key digest behind a live session token (None: unknown or expired)."""
+        s = console_sessions
+        with self.engine.connect() as conn:
+            return conn.execute(select(s.c.key_sha256).where(
+                s.c.token_sha256 == hashlib.sha256(token.encode()).hexdigest(), s.c.expires_at > utcnow())
+            ).scalar_one_or_none()
+
+    def end_session(self, token: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(console_sessions.delete().where(
+                console_sessions.c.token_sha256 == hashlib.sha256(token.encode()).hexdigest()))
+
+    # traffic counts (for the review rate)
+
+    def add_traffic(self, counts: dict[tuple[str, str], int]) -> None:
+        """Add classified-item counts per (category or "*", decision)."""
+        if not counts:
+            return
+        tc = traffic_counts
+        with self.engine.begin() as conn:
+            for (cat, decision), n in counts.items():
+                done = conn.execute(update(tc).where(tc.c.category == cat, tc.c.decision == decision)
+                                    .values(n=tc.c.n + n)).rowcount
+                if not done:
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(insert(tc).values(category=cat, decision=decision, n=n))
+                    except IntegrityError:  # a concurrent first insert
+                        conn.execute(update(tc).where(tc.c.category == cat, tc.c.decision == decision)
+                                     .values(n=tc.c.n + n))
+
+    def traffic(self) -> dict[tuple[str, str], int]:
+        with self.engine.connect() as conn:
+            return {(c, d): int(n) for c, d, n in conn.execute(select(traffic_counts)).tuples()}

@@ -110,6 +110,8 @@ class ReviewItemOut(BaseModel):
     created_at: datetime
     lease_token: str = Field(description="send it back with the decision; proves you still hold the lease")
     lease_expires_at: datetime
+    kind: Literal["review", "audit", "second"] = Field(
+        "review", description="review: the model asked; audit: a sampled auto-block; second: a second opinion")
 
 
 class ReviewDecisionIn(BaseModel):
@@ -120,7 +122,9 @@ class ReviewDecisionIn(BaseModel):
                     "all false = acceptable text",
         json_schema_extra={"propertyNames": {"enum": list(CATEGORY_SLUGS)}},
     )
-    reviewer: StrictStr = Field(min_length=1, max_length=200)
+    reviewer: StrictStr | None = Field(
+        None, min_length=1, max_length=200,
+        description="ignored: the reviewer recorded is the API key's name (kept for older clients)")
     note: StrictStr | None = Field(None, max_length=4000)
     lease_token: StrictStr | None = Field(None, max_length=64)
 

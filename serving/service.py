@@ -3,8 +3,9 @@
 One instance per worker process loads the bundle through ``models.predictor`` (onnxruntime; never
 torch), opens the review store and serves the ``/v1`` FastAPI app (serving/api.py). BentoML provides
 the process model (``--workers``), ``/healthz`` (``/livez``), ``/readyz`` (bundle loaded and database
-reachable, via ``__is_ready__``) and ``/metrics`` (BentoML's metrics plus ours, and the queue depth
-read at scrape time via ``__metrics__``).
+reachable, via ``__is_ready__``) and ``/metrics`` (BentoML's metrics plus ours, the queue depth and
+the live precision read at scrape time via ``__metrics__``). serving/hardening.py sits in front of all
+of it (Host, Origin, JSON-only bodies, the ``metrics`` role).
 
 Settings come from ``SHENHE_*`` environment variables (serving/config.py).
 """
@@ -15,6 +16,7 @@ import bentoml
 
 from serving.api import app as api_app
 from serving.config import ConfigError, ServingConfig, bentoml_timeout
+from serving.hardening import HardeningMiddleware
 from serving.logging import configure_logging
 
 
@@ -27,6 +29,15 @@ def _config_or_default() -> ServingConfig:
 
 
 _CONFIG = _config_or_default()
+
+
+def _live_precision_text(runtime: object) -> str:
+    from serving.live_precision import for_runtime, metrics_text
+
+    try:
+        return metrics_text(for_runtime(runtime).report())  # type: ignore[arg-type]
+    except Exception:  # a scrape must not fail because the database is briefly away
+        return "# shenhe_live_precision unavailable: database unreachable\n"
 
 
 @bentoml.service(
@@ -50,8 +61,12 @@ class Shenhe:
         return self.runtime.ready()
 
     def __metrics__(self, content: str) -> str:
-        return content + self.runtime.queue_metrics_text()
+        return content + self.runtime.queue_metrics_text() + _live_precision_text(self.runtime)
 
     @bentoml.on_shutdown
     def _close(self) -> None:
         self.runtime.close()
+
+
+# Host / Origin / content-type checks and the /metrics key, in front of every route (serving/hardening.py).
+Shenhe.add_asgi_middleware(HardeningMiddleware)  # type: ignore[attr-defined]

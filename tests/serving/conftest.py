@@ -35,6 +35,8 @@ KEYS = {
     "classify": "test-classify-key-0123456789",
     "review": "test-review-key-0123456789ab",
     "admin": "test-admin-key-0123456789abc",
+    "review2": "test-second-reviewer-key-0123",
+    "metrics": "test-metrics-key-0123456789ab",
 }
 
 
@@ -59,6 +61,8 @@ def write_keys(path: Path) -> Path:
         {"name": "monitor", "key": KEYS["classify"], "roles": ["classify"]},
         {"name": "reviewers", "key": KEYS["review"], "roles": ["review"]},
         {"name": "ops", "key": KEYS["admin"], "roles": ["admin"]},
+        {"name": "bob", "key": KEYS["review2"], "roles": ["review"]},
+        {"name": "prometheus", "key": KEYS["metrics"], "roles": ["metrics"]},
     ]}), encoding="utf-8")
     return path
 
@@ -238,7 +242,10 @@ def serving_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _start(tiny_bundle: Path, files: dict[str, Path], name: str, db_url: str, **extra: str) -> ServerProcess:
     tmp = files["root"] / name
     tmp.mkdir(exist_ok=True)
-    env = server_env(tmp, db_url, files["policy"], files["keys"], **extra)
+    # Second opinions off on the shared servers: FIFO assertions need a queue without random copies
+    # (tests/serving/test_console.py turns them on where it tests them).
+    env = server_env(tmp, db_url, files["policy"], files["keys"],
+                     **{"SHENHE_SECOND_OPINION_SHARE": "0", **extra})
     return ServerProcess(args=["--bundle", str(tiny_bundle)], env=env, log_path=tmp / "server.log",
                          port=free_port()).start()
 

@@ -332,7 +332,8 @@ def test_review_workflow_fifo_lease_decide(server: ServerProcess) -> None:
     r = httpx.post(url, json=decision, headers=auth("review"))
     assert r.status_code == 200, r.text
     out = r.json()
-    assert out["status"] == "decided" and out["labels"] == ["insult_defamation"] and out["reviewer"] == "alice"
+    # The reviewer recorded is the API key's name, whatever the body says.
+    assert out["status"] == "decided" and out["labels"] == ["insult_defamation"] and out["reviewer"] == "reviewers"
     again = httpx.post(url, json=decision, headers=auth("review"))  # idempotent
     assert again.status_code == 200 and again.json()["decided_at"] == out["decided_at"]
     assert_error(httpx.post(url, json={**decision, "labels": {}}, headers=auth("review")), 409, "conflict")
@@ -351,9 +352,9 @@ def test_expired_lease_returns_the_item_and_guards_the_new_holder(server: Server
     assert new["review_id"] == rid and new["lease_token"] != old["lease_token"]
     url = f"{server.url}/v1/review/{rid}"
     stale = {"labels": {"insult_defamation": True}, "reviewer": "late", "lease_token": old["lease_token"]}
-    assert_error(httpx.post(url, json=stale, headers=auth("review")), 409, "conflict")
+    assert_error(httpx.post(url, json=stale, headers=auth("review")), 409, "leased")
     ok = httpx.post(url, json={**stale, "reviewer": "holder", "lease_token": new["lease_token"]}, headers=auth("review"))
-    assert ok.status_code == 200 and ok.json()["reviewer"] == "holder"
+    assert ok.status_code == 200 and ok.json()["reviewer"] == "reviewers"
 
 
 @pytest.mark.parametrize(("body", "code"), [
@@ -361,7 +362,6 @@ def test_expired_lease_returns_the_item_and_guards_the_new_holder(server: Server
     ({"labels": {"rumor": "yes"}, "reviewer": "x"}, "invalid_request"),
     ({"labels": ["rumor"], "reviewer": "x"}, "invalid_request"),
     ({"labels": {}, "reviewer": ""}, "invalid_request"),
-    ({"labels": {}}, "invalid_request"),
     ({"reviewer": "x"}, "invalid_request"),
     ({"labels": {}, "reviewer": "x", "extra": 1}, "invalid_request"),
 ])
@@ -416,7 +416,7 @@ def test_health_ready_and_openapi(server: ServerProcess) -> None:
 
 def test_metrics_count_requests_decisions_and_queue_depth(server: ServerProcess) -> None:
     classify(server, [{"id": f"m-{uid()}", "text": INSULT}, {"text": EVERYDAY}])
-    text = httpx.get(f"{server.url}/metrics").text
+    text = httpx.get(f"{server.url}/metrics", headers=auth("metrics")).text  # keys configured: a key is needed
     assert 'shenhe_requests_total{endpoint="/v1/classify",status="200"}' in text
     assert 'shenhe_request_latency_seconds_bucket{endpoint="/v1/classify"' in text
     assert 'shenhe_items_total{decision="review"}' in text and 'shenhe_items_total{decision="pass"}' in text

@@ -17,8 +17,10 @@ from serving.queue import (
     QueueError,
     QueueUnavailable,
     ReviewConflict,
+    ReviewLeased,
     ReviewNotFound,
     ReviewStore,
+    UndoRefused,
     review_items,
 )
 
@@ -177,3 +179,110 @@ def test_unreachable_database_is_queue_unavailable(tmp_path: Path) -> None:
         s.enqueue([item("x", "y")])
     with pytest.raises(QueueUnavailable):
         s.claim(10)
+
+
+# ---- review console semantics (issue 18) ------------------------------------------------------------
+
+
+def test_a_live_lease_refuses_any_other_decision_whatever_the_body_says(store: ReviewStore) -> None:
+    (rid,) = store.enqueue([item("lease", "废物一个")]).review_ids
+    holder = store.claim(600, "alice")
+    for token in (None, "f" * 32, ""):
+        with pytest.raises(ReviewLeased) as err:
+            store.decide(rid, ["insult_defamation"], "bob", lease_token=token)
+        assert err.value.status == 409 and err.value.code == "leased"
+    assert store.get(rid)["state"] == "open"
+    assert store.decide(rid, ["insult_defamation"], "alice", lease_token=holder.lease_token).reviewer == "alice"
+
+
+def test_every_claim_release_decision_and_undo_is_an_audit_row(store: ReviewStore) -> None:
+    (rid,) = store.enqueue([item("audit", "废物二号")]).review_ids
+    first = store.claim(600, "alice")
+    store.release(rid, first.lease_token, "alice")
+    again = store.claim(600, "bob")
+    assert again.review_id == rid and store.get(rid)["lease_holder"] == "bob"
+    store.decide(rid, ["insult_defamation"], "bob", "note", again.lease_token)
+    back = store.undo(rid, "bob", grace_seconds=60, lease_seconds=600)
+    assert back.review_id == rid and store.get(rid)["state"] == "open"
+    with pytest.raises(ReviewLeased):  # undo leases the item back to bob
+        store.decide(rid, [], "alice")
+    store.decide(rid, [], "bob", lease_token=back.lease_token)
+    log = store.audit_log(review_id=rid)[::-1]
+    assert [(a["actor"], a["action"]) for a in log] == [
+        ("alice", "claim"), ("alice", "release"), ("bob", "claim"), ("bob", "decide"), ("bob", "undo"),
+        ("bob", "decide")]
+    assert log[3]["detail"]["labels"] == ["insult_defamation"] and log[5]["detail"]["labels"] == []
+    assert all(a["at"] <= datetime.now(UTC) for a in log)
+
+
+def test_release_and_undo_refusals(store: ReviewStore) -> None:
+    (rid,) = store.enqueue([item("undo", "废物三号")]).review_ids
+    c = store.claim(600, "alice")
+    with pytest.raises(ReviewLeased):
+        store.release(rid, "0" * 32, "mallory")
+    with pytest.raises(UndoRefused):
+        store.undo(rid, "alice", 60, 600)  # not decided yet
+    store.decide(rid, ["rumor"], "alice", lease_token=c.lease_token)
+    with pytest.raises(UndoRefused):
+        store.undo(rid, "bob", 60, 600)  # someone else's decision
+    with store.engine.begin() as conn:
+        conn.execute(update(review_items).where(review_items.c.review_id == rid).values(
+            decided_at=datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=120)))
+    with pytest.raises(UndoRefused):
+        store.undo(rid, "alice", 60, 600)  # past the grace period
+    assert [a["action"] for a in store.audit_log(review_id=rid)] == ["decide", "claim"]
+
+
+def test_second_opinion_goes_to_a_different_reviewer(store: ReviewStore) -> None:
+    (rid,) = store.enqueue([item("second", "废物四号")]).review_ids
+    c = store.claim(600, "alice")
+    store.decide(rid, ["insult_defamation"], "alice", lease_token=c.lease_token, second_opinion_share=1.0)
+    assert store.claim(600, "alice") is None  # alice may not give the second opinion herself
+    copy = store.claim(600, "bob")
+    assert copy is not None and copy.kind == "second" and copy.text == "废物四号" and copy.review_id != rid
+    store.decide(copy.review_id, [], "bob", lease_token=copy.lease_token, second_opinion_share=1.0)
+    assert store.claim(600, "carol") is None  # no third opinion
+    rows = {r["review_id"]: r for r in store.decided_rows()}
+    assert rows[copy.review_id]["parent_seq"] == rows[rid]["seq"]
+    assert [r["id"] for r in store.iter_decided()] == [f"review:{rid}"]  # the export holds the item once
+
+
+def test_undo_withdraws_an_open_second_opinion(store: ReviewStore) -> None:
+    (rid,) = store.enqueue([item("second-undo", "废物五号")]).review_ids
+    c = store.claim(600, "alice")
+    store.decide(rid, ["insult_defamation"], "alice", lease_token=c.lease_token, second_opinion_share=1.0)
+    assert store.counts().total == 2
+    store.undo(rid, "alice", 60, 600)
+    assert store.counts().total == 1 and store.claim(600, "bob") is None
+
+
+def test_claim_filters_by_category_band_and_order(store: ReviewStore) -> None:
+    ids = store.enqueue([item("f1", "一", ["rumor"]), item("f2", "二", ["insult_defamation"]),
+                         item("f3", "三", ["rumor"])]).review_ids
+    assert store.claim(600, "a", category="insult_defamation").review_id == ids[1]
+    assert store.claim(600, "a", band="block") is None
+    assert store.claim(600, "a", newest_first=True).review_id == ids[2]
+    assert store.claim(600, "a", skip=[ids[0]]) is None
+    overview = store.overview("a")
+    assert overview == [{"category": "rumor", "band": "review", "open": 1, "oldest_age_s": overview[0]["oldest_age_s"]}]
+
+
+def test_sqlite_file_is_created_owner_only(tmp_path: Path) -> None:
+    db = tmp_path / "fresh" / "q.db"
+    s = ReviewStore(f"sqlite:///{db}")
+    s.create_schema()
+    s.enqueue([item("p", "权限")])
+    s.close()
+    for f in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        if f.exists():
+            assert f.stat().st_mode & 0o777 == 0o600, f
+
+
+def test_an_old_database_gains_the_new_columns(store: ReviewStore) -> None:
+    with store.engine.begin() as conn:
+        for col in ("kind", "parent_seq", "exclude_reviewer", "lease_holder"):
+            conn.exec_driver_sql(f"ALTER TABLE shenhe_review_items DROP COLUMN {col}")
+    store.create_schema()  # what every start does
+    store.create_schema()  # and again: idempotent
+    store.enqueue([item("old", "旧库")])
+    assert store.claim(60, "a").kind == "review"
