@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -10,29 +11,48 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from models.bundle import POLICY_FILE, BundleError, load_bundle
 from models.normalize import normalize
-from models.policy import PolicyError, load_policy
+from models.policy import POLICY_ENV, Policy, PolicyError, load_policy
 from shenhe.errors import cli_errors
 
 policy_app = typer.Typer(help="Inspect the Article 9 policy (categories, thresholds, word lists).", no_args_is_help=True)
 
 PolicyOption = Annotated[
     Path | None,
-    typer.Option("--policy", help="Policy YAML file (default: $SHENHE_POLICY, else the shipped policy)."),
+    typer.Option("--policy", help="Policy YAML file (default: $SHENHE_POLICY, else the bundle's policy.yaml)."),
+]
+BundleOption = Annotated[
+    Path | None,
+    typer.Option("--bundle", help="Bundle whose policy to show (default: $SHENHE_BUNDLE, else models/default)."),
 ]
 
 
+def effective_policy(policy: Path | None, bundle: Path | None) -> tuple[Policy, str]:
+    """The policy `shenhe classify` / `shenhe serve` would use, and where it came from: ``--policy``, else
+    ``$SHENHE_POLICY``, else the bundle's ``policy.yaml`` (its tuned thresholds)."""
+    if policy is not None:
+        return load_policy(policy), str(policy)
+    env = os.environ.get(POLICY_ENV, "").strip()
+    if env:
+        return load_policy(env), f"{env} (${POLICY_ENV})"
+    loaded = load_bundle(bundle, verify=False)
+    return loaded.policy, f"{loaded.dir / POLICY_FILE} (bundle {loaded.manifest.name} {loaded.manifest.version})"
+
+
 @policy_app.command("show")
-@cli_errors(PolicyError)
+@cli_errors(PolicyError, BundleError)
 def policy_show(
     policy: PolicyOption = None,
+    bundle: BundleOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the policy as JSON.")] = False,
 ) -> None:
-    """Print the nine categories with their thresholds."""
-    pol = load_policy(policy)
+    """Print the nine categories with the thresholds that classify and serve would use, and their source."""
+    pol, source = effective_policy(policy, bundle)
     if as_json:
-        print(json.dumps(pol.model_dump(mode="json"), ensure_ascii=False, indent=2))
+        print(json.dumps({"source": source, **pol.model_dump(mode="json")}, ensure_ascii=False, indent=2))
         return
+    print(f"policy from {source}")
     table = Table(title=f"policy {pol.name} v{pol.version}")
     for col in ("id", "slug", "Article 9 text", "gloss", "review", "block", "trained", "terms"):
         table.add_column(col)

@@ -48,8 +48,9 @@ def tiny_bundle(tiny_run: Path) -> Path:
     from training.finetune.export import ExportOptions, export_bundle
 
     out = tiny_run.parent / "bundle"
-    # Parity numbers are recorded in metrics.json and asserted in tests/training; a tiny random model
+    # The scheme the default bundle ships (dynamic INT8 on the fused graph), so every area's tests run it.
+    # Quality checks are recorded in metrics.json and asserted in tests/training; a tiny random model
     # must not stop other areas' tests from getting a bundle.
     export_bundle(ExportOptions(run=tiny_run, out=out, name="tiny", version="0.0.1", threads=1,
-                                show_progress=False, allow_parity_failure=True))
+                                show_progress=False, allow_parity_failure=True, quantization="dynamic"))
     return out

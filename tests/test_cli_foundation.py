@@ -21,6 +21,31 @@ def test_policy_show_lists_nine_categories() -> None:
     assert "(never)" in res.output  # constitution is untrained: never blocks
 
 
+def test_policy_show_is_the_policy_classify_uses(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from models.bundle import load_bundle
+
+    monkeypatch.delenv("SHENHE_POLICY", raising=False)
+    monkeypatch.delenv("SHENHE_BUNDLE", raising=False)
+    tuned = load_bundle().policy.category("ethnic_hatred")
+    placeholder = yaml.safe_load(SHIPPED_POLICY.read_text(encoding="utf-8"))
+    assert tuned.block_threshold != next(c["block_threshold"] for c in placeholder["categories"]
+                                         if c["slug"] == "ethnic_hatred")  # the two files differ
+    res = runner.invoke(app, ["policy", "show", "--json"])
+    assert res.exit_code == 0, res.output
+    shown = json.loads(res.output)
+    assert "models/default/policy.yaml (bundle shenhe-me5-zh" in shown["source"]
+    row = next(c for c in shown["categories"] if c["slug"] == "ethnic_hatred")
+    assert row["block_threshold"] == tuned.block_threshold and row["review_threshold"] == tuned.review_threshold
+    res = runner.invoke(app, ["policy", "show"])
+    assert "models/default/policy.yaml (bundle" in res.output.replace("\n", "")
+    assert f"{tuned.review_threshold:.3f}" in res.output
+    # --policy wins, and says so.
+    res = runner.invoke(app, ["policy", "show", "--policy", str(SHIPPED_POLICY), "--json"])
+    assert json.loads(res.output)["source"] == str(SHIPPED_POLICY)
+
+
 def test_policy_show_broken_file_is_one_line_exit_2(tmp_path: Path) -> None:
     data = yaml.safe_load(SHIPPED_POLICY.read_text(encoding="utf-8"))
     data["categories"][5]["review_threshold"] = "high"

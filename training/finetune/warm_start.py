@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,9 @@ def _bundle_tensors(onnx_path: Path) -> tuple[dict[str, np.ndarray], dict[str, n
 
     Handles what export writes: fp32 initializers named like the parameters (biases, norms); MatMul weights
     as fp32 ('<param>_Transposed' or anonymous), weight-only INT8 (MatMulNBits) or dynamic INT8
-    (MatMulInteger); quantised embedding tables ('<param>_quantized' + '_scale' / '_zero_point')."""
+    (MatMulInteger); quantised embedding tables ('<param>_quantized' + '_scale' / '_zero_point'); and the
+    fused graph of the "dynamic" scheme: QAttention (Q, K, V packed in one [K, 3N] weight, layer from the
+    node's output name) and QEmbedLayerNormalization (embedding tables and their LayerNorm, each int8)."""
     import onnx
     from onnx import numpy_helper
 
@@ -180,6 +183,24 @@ def _bundle_tensors(onnx_path: Path) -> tuple[dict[str, np.ndarray], dict[str, n
             param = weight_param(ins[1], node.output[0], "/MatMul_output_0")
             if param is not None:
                 values[param] = inits[ins[1]].T
+        elif node.op_type == "QAttention":  # fused Q/K/V: weight [K, 3N] int8, bias [3N] fp32
+            layer = re.search(r"/layer\.(\d+)/", node.output[0])
+            if layer is None or ins[1] not in inits:
+                continue
+            w, half = _dequantize_table(inits[ins[1]], inits[ins[4]], inits.get(ins[7]) if len(ins) > 7 else None)
+            prefix = f"encoder.encoder.layer.{layer.group(1)}.attention.self."
+            parts = np.split(w, 3, axis=1)
+            halves = np.split(half, 3, axis=1)
+            biases = np.split(inits[ins[2]], 3)
+            for part, part_half, bias, name in zip(parts, halves, biases, ("query", "key", "value"), strict=True):
+                values[prefix + name + ".weight"], half_steps[prefix + name + ".weight"] = part.T, part_half.T
+                values[prefix + name + ".bias"] = bias
+        elif node.op_type == "QEmbedLayerNormalization":  # fused embeddings + LayerNorm, each table int8
+            for name in ins[2:7]:
+                param = name.removesuffix("_quantized")
+                if name in inits and param + "_scale" in inits:
+                    values[param], half_steps[param] = _dequantize_table(inits[name], inits[param + "_scale"],
+                                                                         inits.get(param + "_zero_point"))
         elif node.op_type == "Gather" and ins[0] in inits and ins[0].endswith("_quantized"):
             param = ins[0].removesuffix("_quantized")
             if param + "_scale" in inits:
