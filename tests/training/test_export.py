@@ -1,4 +1,4 @@
-"""Export parity: fp32 ONNX reproduces torch; the shipped INT8 model keeps fp32's decisions."""
+"""Export: fp32 ONNX reproduces torch; a quantised model ships only when its quality holds against fp32."""
 
 from __future__ import annotations
 
@@ -49,37 +49,56 @@ def test_fp32_onnx_matches_torch(exported) -> None:  # type: ignore[no-untyped-d
     assert max_prob_diff(ref[:1], single[:1]) <= 1e-4
 
 
-def test_int8_keeps_fp32_decisions(tiny_bundle: Path, exported) -> None:  # type: ignore[no-untyped-def]
+def test_int8_is_judged_by_its_own_quality_against_fp32(tiny_bundle: Path, exported) -> None:  # type: ignore[no-untyped-def]
     from training.finetune.backend import onnx_window_logits, ort_session
     from training.finetune.calibrate import apply_calibration
     from training.finetune.dataset import read_split
-    from training.finetune.thresholds import decisions
+    from training.finetune.quality import MAX_DROP
 
     _, fp32, windower = exported
     b = load_bundle(tiny_bundle)
-    int8 = ort_session(b.model_path, threads=1)
     dev = read_split(Path(__file__).parent / "data" / "dev.jsonl")
-    trained = b.manifest.trained_mask
     p32 = apply_calibration(onnx_window_logits(fp32, windower, dev.normalized)[0], b.manifest.calibration)
-    p8 = apply_calibration(onnx_window_logits(int8, windower, dev.normalized)[0], b.manifest.calibration)
-    agree = np.mean(decisions(p32, b.policy, trained) == decisions(p8, b.policy, trained))
-    assert agree >= 0.99
-    assert np.max(np.abs(p32 - p8)) < 0.05
+    p8 = apply_calibration(onnx_window_logits(ort_session(b.model_path, threads=1), windower, dev.normalized)[0],
+                           b.manifest.calibration)
+    assert np.max(np.abs(p32 - p8)) < 0.1  # the INT8 graph computes the same model
+    par = json.loads((tiny_bundle / "metrics.json").read_text(encoding="utf-8"))["parity"]
+    quality = par["quality"]
+    assert set(quality) == {"dev", "test"} and "macro_f1" in quality["dev"]
+    assert any(k.startswith("ap_") for k in quality["dev"])  # per-category average precision is compared
+    worst = max(d for per in quality.values() for d in per.values())
+    assert par["passed"] == (worst <= MAX_DROP and par["fp32_vs_torch_max_abs_prob_diff"] <= 1e-4)
+    assert 0.0 <= par["int8_vs_fp32_decision_agreement"] <= 1.0  # reported, not gated
+    assert par["fp32_reference"]["dev_macro_f1"] == pytest.approx(par["fp32_macro_f1_dev"])
 
 
 def test_metrics_record_parity_and_both_splits(tiny_bundle: Path) -> None:
     m = json.loads((tiny_bundle / "metrics.json").read_text(encoding="utf-8"))
     par = m["parity"]
     assert par["fp32_vs_torch_max_abs_prob_diff"] <= 1e-4
-    assert par["int8_vs_fp32_decision_agreement"] >= 0.99
-    assert par["int8_macro_f1_drop"] <= 0.01
-    assert par["passed"] is True
+    assert par["scheme"] == "dynamic" and par["quantization"].startswith("int8 dynamic")
     for split in ("dev", "test"):
         per = m[split]["per_category"]
         assert per["constitution"] == {"trained": False, "support": 0}
         assert per["insult_defamation"]["trained"] is True
         assert 0.0 <= m[split]["macro_f1"] <= 1.0
     assert m["speed"]["texts_per_second_batch32"] > 0
+
+
+def test_quality_gate_flags_each_drop_over_half_a_point() -> None:
+    from training.finetune.quality import Judged, quality_drops, quality_failures
+
+    def judged(f1: float, ap: float) -> Judged:
+        return Judged(calibration={}, points=[], policy=None, dev_probs=np.zeros((1, 9)),  # type: ignore[arg-type]
+                      dev_metrics={"macro_f1": f1}, test_metrics={"macro_f1": f1},
+                      ap={"dev": {"rumor": ap, "obscene_violent": 0.9}, "test": {"rumor": ap, "obscene_violent": 0.9}})
+
+    drops = quality_drops(judged(0.80, 0.70), judged(0.797, 0.69))
+    assert drops["dev"] == {"macro_f1": 0.003, "ap_rumor": 0.01, "ap_obscene_violent": 0.0}
+    failures = quality_failures(drops)
+    assert len(failures) == 2 and all("average precision of rumor drops 1.00 points" in f for f in failures)
+    assert quality_failures(quality_drops(judged(0.80, 0.70), judged(0.796, 0.696))) == []
+    assert quality_failures(quality_drops(judged(0.80, 0.70), judged(0.79, 0.70)))[0].startswith("dev macro_f1")
 
 
 def test_policy_thresholds_come_from_dev(tiny_bundle: Path) -> None:
@@ -169,12 +188,43 @@ def test_export_can_force_a_scheme(tiny_run: Path, tmp_path: Path) -> None:
     assert pred.model.name == "tiny-wo"
 
 
-def test_auto_ships_the_fastest_scheme_that_passes(tiny_bundle: Path) -> None:
-    m = json.loads((tiny_bundle / "metrics.json").read_text(encoding="utf-8"))
+def test_auto_ships_the_fastest_scheme_whose_quality_holds(tiny_run: Path, tmp_path: Path) -> None:
+    from training.finetune.backend import QUANT_SCHEMES
+    from training.finetune.export import ExportOptions, export_bundle
+
+    out = export_bundle(ExportOptions(run=tiny_run, out=tmp_path / "auto", name="tiny", version="0.0.1", threads=1,
+                                      show_progress=False, allow_parity_failure=True))
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     attempts = m["parity"]["attempts"]
+    assert [a["scheme"] for a in attempts] == list(QUANT_SCHEMES)[: len(attempts)]  # fastest first
     assert attempts[-1]["passed"] and all(not a["passed"] for a in attempts[:-1])
+    assert all(a["failures"] for a in attempts[:-1])
     assert m["parity"]["scheme"] == attempts[-1]["scheme"]
-    assert load_bundle(tiny_bundle).manifest.quantization == attempts[-1]["quantization"]
+    assert load_bundle(out).manifest.quantization == attempts[-1]["quantization"]
+
+
+def test_a_bundle_re_exports_from_its_own_weights(tiny_bundle: Path, tiny_run: Path, tmp_path: Path) -> None:
+    from models.predictor import Predictor
+    from training.finetune.export import ExportOptions, export_bundle
+
+    base = json.loads((tiny_run / "run.json").read_text(encoding="utf-8"))["args"]["base"]
+    out = export_bundle(ExportOptions(run=tiny_bundle, base=base, out=tmp_path / "again", name="tiny", version="0.0.2",
+                                      data=Path(__file__).parent / "data", threads=1, show_progress=False,
+                                      allow_parity_failure=True, quantization="weight-only-fp32"))
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert "recovered from the INT8 bundle tiny 0.0.1" in m["parity"]["fp32_reference"]["note"]
+    texts = ["你这个傻逼，滚回你老家去", "今天天气不错，出去走走"]
+    before = Predictor(tiny_bundle, intra_op_threads=1).score(texts)
+    after = Predictor(out, intra_op_threads=1).score(texts)
+    assert np.max(np.abs(before - after)) < 0.1  # the same model, quantised anew and recalibrated
+
+
+def test_re_exporting_a_bundle_needs_its_base(tiny_bundle: Path, tmp_path: Path) -> None:
+    from training.finetune.errors import ExportError
+    from training.finetune.export import ExportOptions, export_bundle
+
+    with pytest.raises(ExportError, match="needs --base"):
+        export_bundle(ExportOptions(run=tiny_bundle, out=tmp_path / "x", show_progress=False))
 
 
 def test_quantiser_scratch_files_stay_out_of_the_callers_directory(tmp_path: Path,
