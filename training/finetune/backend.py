@@ -44,33 +44,44 @@ def export_onnx(model: MultiLabelClassifier, path: Path, pad_token_id: int, opse
         )
 
 
-# Quantisation schemes, fastest first on this CPU (bench/speed.py measures them). "dynamic": onnxruntime's
-# transformer graph fusions (Attention, EmbedLayerNormalization, SkipLayerNormalization, BiasGelu) on an
-# eager-attention export, then int8 per-channel weights with int8 activations quantised per tensor at run time
-# (QAttention, MatMulInteger): it gains from batching. "weight-only": MatMul weights int8 in blocks of 32
-# (MatMulNBits) with int8 ("int8 compute") or fp32 activations; about fp32 ONNX speed and no gain from
-# batching. "fp32": the unquantised graph. `shenhe export` takes the fastest scheme whose *quality* (with its
-# own calibration and thresholds) holds against fp32; agreement with fp32 decisions is reported, not gated,
-# because the fp32 model is never served.
+# Quantisation schemes, fastest first on this CPU (bench/speed.py measures them). `shenhe export` takes the
+# fastest scheme whose *quality* (with its own calibration and thresholds) holds against fp32; agreement with
+# fp32 decisions is reported, not gated, because the fp32 model is never served.
+# - "dynamic": int8 per-channel weights with int8 activations quantised per tensor at run time
+#   (MatMulInteger); gains from batching. Every encoder Linear is SmoothQuant-scaled first
+#   (training/finetune/smooth.py), which per-tensor activation ranges need to keep quality.
+# - "dynamic-mixed": the same for the attention and first FFN MatMuls; the second FFN MatMul (its input is
+#   the GELU output, whose outlier channels per-tensor ranges handle worst) weight-only int8 with per-block
+#   int8 activations (MatMulNBits).
+# - "weight-only": every MatMul int8 in blocks of 32 (MatMulNBits) with int8 ("int8 compute") or fp32
+#   activations; about fp32 ONNX speed and no gain from batching.
+# - "fp32": the unquantised graph.
+# The embedding table is int8 per row in every quantised scheme. onnxruntime's transformer fusions
+# (Attention, SkipLayerNormalization, BiasGelu) measured slower with dynamic INT8 on this CPU (287 vs 333
+# texts/s at batch 32 on short texts), so they are not applied.
 QUANT_SCHEMES: dict[str, str] = {
-    "dynamic": "int8 dynamic (fused graph; per-channel weights, per-tensor activations at run time)",
+    "dynamic": "int8 dynamic (SmoothQuant-scaled; per-channel weights, per-tensor activations at run time)",
+    "dynamic-mixed": "int8 dynamic (SmoothQuant-scaled) for attention and FFN-in, int8 weight-only "
+                     "(MatMulNBits, blocks of 32) for FFN-out",
     "weight-only": "int8 weight-only, blocks of 32 (MatMulNBits, int8 compute)",
     "weight-only-fp32": "int8 weight-only, blocks of 32 (MatMulNBits, fp32 compute)",
     "fp32": "fp32 (not quantised)",
 }
+FFN_OUT = ".output.dense"  # module path of the second FFN Linear (attention's is ".attention.output.dense")
+# Which encoder Linears each scheme SmoothQuant-scales (module-path fragments to skip); None: not smoothed.
+SMOOTH_SKIP: dict[str, tuple[str, ...] | None] = {
+    "dynamic": (), "dynamic-mixed": (FFN_OUT,), "weight-only": None, "weight-only-fp32": None, "fp32": None,
+}
 WEIGHT_ONLY_BLOCK = 32
 
 
-def fuse_transformer_graph(fp32_path: Path, out_path: Path) -> dict[str, int]:
-    """onnxruntime's BERT graph fusions (opt_level 1: portable across CPUs); returns the fused-op counts.
+def ffn_out_matmuls(model_path: Path) -> list[str]:
+    """Names of the second FFN MatMul of every layer (``.../layer.N/output/dense/...``)."""
+    import onnx
 
-    Heads and hidden size are read from the graph. Fusing Attention needs the eager-attention export
-    (the SDPA export's mask pattern is not recognised)."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    model = optimize_model(str(fp32_path), model_type="bert", num_heads=0, hidden_size=0, opt_level=1)
-    model.save_model_to_file(str(out_path))
-    return {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+    graph = onnx.load(str(model_path)).graph
+    return [n.name for n in graph.node if n.op_type == "MatMul" and "/output/dense/" in n.name
+            and "/attention/" not in n.name]
 
 
 def _quiet_root(level: int) -> int:
@@ -122,14 +133,7 @@ def _quantize_int8(fp32_path: Path, int8_path: Path, scheme: str) -> None:
     old = _quiet_root(logging.ERROR)
     try:
         if scheme == "dynamic":
-            fused = int8_path.with_name(int8_path.stem + ".fused.onnx")
-            try:
-                fuse_transformer_graph(fp32_path, fused)
-                # The fused graph has ops the quantiser cannot type-infer; their outputs are float.
-                quantize_dynamic(str(fused), str(int8_path), per_channel=True, weight_type=QuantType.QInt8,
-                                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-            finally:
-                fused.unlink(missing_ok=True)
+            quantize_dynamic(str(fp32_path), str(int8_path), per_channel=True, weight_type=QuantType.QInt8)
             return
         from onnxruntime.quantization.matmul_nbits_quantizer import (
             DefaultWeightOnlyQuantConfig,
@@ -137,14 +141,22 @@ def _quantize_int8(fp32_path: Path, int8_path: Path, scheme: str) -> None:
         )
 
         config = DefaultWeightOnlyQuantConfig(block_size=WEIGHT_ONLY_BLOCK, is_symmetric=True, bits=8,
-                                              accuracy_level=4 if scheme == "weight-only" else 1)
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), algo_config=config)
+                                              accuracy_level=1 if scheme == "weight-only-fp32" else 4)
+        exclude: list[str] = []
+        if scheme == "dynamic-mixed":  # weight-only for the FFN-out MatMuls only; the rest dynamic below
+            ffn_out = set(ffn_out_matmuls(fp32_path))
+            exclude = [n.name for n in onnx.load(str(fp32_path)).graph.node
+                       if n.op_type == "MatMul" and n.name not in ffn_out]
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), algo_config=config, nodes_to_exclude=exclude)
         quantizer.process()
         mid = int8_path.with_name(int8_path.stem + ".matmul-nbits.onnx")
         quantizer.model.save_model_to_file(str(mid), use_external_data_format=False)
-        try:  # the embedding table: int8 per channel (a lookup, so weight-only as well)
+        # The embedding table: int8 per row (a lookup, so weight-only as well); dynamic-mixed: also the
+        # remaining MatMuls, dynamic.
+        ops = ["Gather", "MatMul"] if scheme == "dynamic-mixed" else ["Gather"]
+        try:
             quantize_dynamic(str(mid), str(int8_path), per_channel=True, weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["Gather"])
+                             op_types_to_quantize=ops)
         finally:
             mid.unlink(missing_ok=True)
     finally:

@@ -150,6 +150,7 @@ def _export(opts: ExportOptions, run_dir: Path) -> Path:
 
     from training.finetune.backend import (
         QUANT_SCHEMES,
+        SMOOTH_SKIP,
         export_onnx,
         max_prob_diff,
         onnx_window_logits,
@@ -207,9 +208,17 @@ def _export(opts: ExportOptions, run_dir: Path) -> Path:
         schemes = list(QUANT_SCHEMES) if opts.quantization == "auto" else [opts.quantization]
         attempts: list[dict[str, Any]] = []
         chosen: dict[str, Any] | None = None
+        smoothed: dict[tuple[str, ...], Path] = {}
         for scheme in schemes:
             path = stage / f"model.{scheme}.onnx"
-            quantize_int8(fp32_path, path, scheme)
+            skip = SMOOTH_SKIP[scheme]
+            source = fp32_path
+            if skip is not None:  # SmoothQuant scaling: the same function in fp32, friendlier to INT8
+                if skip not in smoothed:
+                    smoothed[skip] = _smoothed_fp32(run_dir, dev.normalized, windower, pad_id,
+                                                    stage / f"smoothed{len(smoothed)}.fp32.onnx", skip)
+                source = smoothed[skip]
+            quantize_int8(source, path, scheme)
             session = ort_session(path, threads)
             dev_q, _ = onnx_window_logits(session, windower, dev.normalized, opts.batch_size, opts.show_progress,
                                           f"dev {scheme}")
@@ -254,6 +263,8 @@ def _export(opts: ExportOptions, run_dir: Path) -> Path:
         assert chosen is not None
         if not chosen["attempt"]["passed"] and not opts.allow_parity_failure:
             raise ExportError("quality check failed: " + "; ".join(f for a in attempts for f in a["failures"]))
+        for extra in smoothed.values():
+            extra.unlink(missing_ok=True)
         os.replace(chosen["path"], stage / MODEL_FILE)
         for a in attempts:
             (stage / f"model.{a['scheme']}.onnx").unlink(missing_ok=True)
@@ -325,6 +336,23 @@ def _export(opts: ExportOptions, run_dir: Path) -> Path:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
     return opts.out
+
+
+SMOOTH_CALIBRATION_TEXTS = 512
+
+
+def _smoothed_fp32(run_dir: Path, normalized: list[str], windower: WindowTokenizer, pad_id: int, out: Path,
+                   skip: tuple[str, ...]) -> Path:
+    """The run's model with SmoothQuant scaling (calibrated on dev windows), exported to fp32 ONNX."""
+    from training.finetune.backend import export_onnx
+    from training.finetune.model import load_model
+    from training.finetune.smooth import calibration_windows, smooth_for_int8
+
+    model, _, _ = load_model(run_dir / "model", attn_implementation="eager")
+    sample = calibration_windows(windower.first_windows(normalized), SMOOTH_CALIBRATION_TEXTS)
+    smooth_for_int8(model, sample, pad_id, skip=skip)
+    export_onnx(model, out, pad_id)
+    return out
 
 
 def _baseline_metrics(run: Path) -> dict[str, Any]:

@@ -206,7 +206,23 @@ def _bundle_tensors(onnx_path: Path) -> tuple[dict[str, np.ndarray], dict[str, n
             if param + "_scale" in inits:
                 values[param], half_steps[param] = _dequantize_table(inits[ins[0]], inits[param + "_scale"],
                                                                      inits.get(param + "_zero_point"))
+    _unsmooth(values, half_steps, inits)
     return values, half_steps
+
+
+def _unsmooth(values: dict[str, np.ndarray], half_steps: dict[str, np.ndarray], inits: dict[str, np.ndarray]) -> None:
+    """Undo export's SmoothQuant scaling (training/finetune/smooth.py): ``<m>.linear.weight`` holds W * s and
+    ``<m>.inv_scale`` 1/s; the model's ``<m>.weight`` is their product (column by column)."""
+    for key in [k for k in values if k.endswith(".linear.weight")]:
+        module = key.removesuffix(".linear.weight")
+        inv = inits.get(module + ".inv_scale")
+        if inv is None:
+            continue
+        values[module + ".weight"] = values.pop(key) * inv[None, :]
+        if key in half_steps:
+            half_steps[module + ".weight"] = half_steps.pop(key) * np.abs(inv)[None, :]
+        if module + ".linear.bias" in values:
+            values[module + ".bias"] = values.pop(module + ".linear.bias")
 
 
 def _from_bundle(model: MultiLabelClassifier, tokenizer: Any, directory: Path,
