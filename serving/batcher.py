@@ -3,7 +3,8 @@
 One batcher per serving worker owns the model: a single thread makes every onnxruntime call, so calls never
 compete for the worker's cores. Requests hand it their token windows and await the logits:
 
-- **Batching**: the worker waits up to ``wait_ms`` after work arrives for more to join, then takes up to
+- **Batching**: when other requests are on their way (announced with :meth:`MicroBatcher.expect` while they
+  are tokenised), the worker waits up to ``wait_ms`` for them to join; a lone request never waits. It takes up to
   ``max_windows`` windows and splits them, sorted by length, into groups whose padding costs little (one
   model call per group, each call at most ``max_call_tokens`` padded tokens, which bounds how long one call
   can hold the model).
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.windowing import Window, pad_batch
+from models.windowing import CALL_OVERHEAD_TOKENS, Window, length_groups, pad_batch
 
 RunModel = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -55,7 +56,7 @@ class BatcherConfig:
     max_call_tokens: int = 2048  # padded tokens per model call (bounds one call's time)
     wait_ms: float = 2.0  # how long a batch waits for more work to join
     queue_max_tokens: int = 65_536  # tokens that may wait; more is refused with 503
-    call_overhead_tokens: int = 48  # cost of one extra model call, in padded tokens (grouping trade-off)
+    call_overhead_tokens: int = CALL_OVERHEAD_TOKENS  # one extra model call, in padded tokens
 
 
 @dataclass(eq=False)
@@ -99,11 +100,18 @@ class MicroBatcher:
         self._queued_tokens = 0
         self._seq = itertools.count()
         self._rotate = 0
+        self._expected = 0  # requests announced (being tokenised) but not submitted yet
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="shenhe-batcher", daemon=True)
         self._thread.start()
 
     # -- request side ----------------------------------------------------------------------------------
+
+    def expect(self, n: int = 1) -> None:
+        """Announce ``n`` requests that will submit soon (``n=-1``: one fewer): a batch waits up to ``wait_ms``
+        for them, and does not wait at all when nobody is expected (no latency added to a lone request)."""
+        with self._lock:
+            self._expected = max(0, self._expected + n)
 
     def submit(self, windows: Sequence[Window], deadline: float, on_done: Callable[[_Job], None]) -> _Job:
         """Queue ``windows`` (deadline on ``time.monotonic()``); ``on_done(job)`` runs on the worker thread."""
@@ -234,26 +242,9 @@ class MicroBatcher:
 
     def _groups(self, taken: list[tuple[_Job, int]]) -> list[list[tuple[_Job, int]]]:
         """Split windows sorted by length into model calls minimising padded tokens + per-call overhead."""
-        items = sorted(taken, key=lambda t: len(t[0].windows[t[1]].ids))
-        lengths = [len(job.windows[i].ids) for job, i in items]
-        n = len(items)
-        overhead = self.config.call_overhead_tokens
-        best = [0.0] + [float("inf")] * n  # best[k]: cost of the first k items
-        cut = [0] * (n + 1)
-        for k in range(1, n + 1):
-            for j in range(k - 1, -1, -1):  # group = items[j:k], padded to lengths[k-1]
-                padded = (k - j) * lengths[k - 1]
-                if padded > self.config.max_call_tokens and k - j > 1:
-                    break
-                cost = best[j] + padded + overhead
-                if cost < best[k]:
-                    best[k], cut[k] = cost, j
-        groups: list[list[tuple[_Job, int]]] = []
-        k = n
-        while k > 0:
-            groups.append(items[cut[k]:k])
-            k = cut[k]
-        return groups[::-1]
+        lengths = [len(job.windows[i].ids) for job, i in taken]
+        return [[taken[k] for k in group] for group in
+                length_groups(lengths, len(taken), self.config.max_call_tokens, self.config.call_overhead_tokens)]
 
     def _loop(self) -> None:
         wait_s = self.config.wait_ms / 1000.0
@@ -264,10 +255,12 @@ class MicroBatcher:
                 if self._closed:
                     return
             if wait_s > 0:
-                # Let concurrent requests join this batch (unless there is already a full one).
+                # Let announced requests join this batch (unless there is already a full one).
                 with self._lock:
-                    if sum(len(j.pending) for j in self._jobs) < self.config.max_windows:
-                        self._lock.wait(timeout=wait_s)
+                    waited_until = time.monotonic() + wait_s
+                    while (self._expected > 0 and not self._closed and time.monotonic() < waited_until
+                           and sum(len(j.pending) for j in self._jobs) < self.config.max_windows):
+                        self._lock.wait(timeout=max(0.0, waited_until - time.monotonic()))
             with self._lock:
                 taken = self._take()
             for group in self._groups(taken) if taken else []:

@@ -61,7 +61,11 @@ class Scheduler:
                       timeout_s: float | None = None) -> list[Prediction]:
         started = time.monotonic()
         timeout = float(timeout_s if timeout_s is not None else self.config.request_timeout_s)
-        prepared = await anyio.to_thread.run_sync(self.predictor.prepare, list(texts))
+        self.batcher.expect(1)  # a batch forming now may wait a moment for this request
+        try:
+            prepared = await anyio.to_thread.run_sync(self.predictor.prepare, list(texts))
+        finally:
+            self.batcher.expect(-1)
         if prepared.tokens > self.config.max_request_tokens:
             raise TokenBudgetExceeded(prepared.tokens, self.config.max_request_tokens)
         logits = await self.batcher.score(prepared.windows, timeout - (time.monotonic() - started), disconnected)

@@ -204,3 +204,28 @@ def test_empty_request_needs_no_model_call() -> None:
     finally:
         batcher.close()
     assert calls == []
+
+
+def test_a_lone_request_does_not_wait_but_an_announced_one_is_waited_for() -> None:
+    calls: list[np.ndarray] = []
+    batcher = make(fake_model(calls=calls), wait_ms=300)
+    try:
+        started = time.monotonic()
+        asyncio.run(batcher.score(windows_for(1, [10]), timeout_s=5))
+        assert time.monotonic() - started < 0.2  # nobody announced: no batching wait
+
+        async def two() -> None:
+            batcher.expect(1)  # a second request is being tokenised
+
+            async def late() -> None:
+                await asyncio.sleep(0.05)
+                batcher.expect(-1)
+                await batcher.score(windows_for(3, [10]), timeout_s=5)
+
+            await asyncio.gather(batcher.score(windows_for(2, [10]), timeout_s=5), late())
+
+        calls.clear()
+        asyncio.run(two())
+        assert [c.shape[0] for c in calls] == [2]  # the first waited and both went in one call
+    finally:
+        batcher.close()
