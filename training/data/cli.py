@@ -26,15 +26,17 @@ def category_table(stats: dict[str, Any]) -> Table:
     totals = stats["totals"]
     table = Table(title="rows per category per split (after dedup)")
     table.add_column("category", no_wrap=True)
-    columns: list[tuple[str, str]] = [("real", s) for s in SPLITS]
+    columns: list[tuple[str, str]] = [("real", s) for s in (*SPLITS, "holdout")]
     for kind in ("synthetic", "extra"):
         if any(totals[kind][s]["total"] for s in SPLITS):
             columns += [(kind, s) for s in ("train", "dev")]
+        if totals[kind].get("holdout", {}).get("total"):
+            columns.append((kind, "holdout"))
     for kind, split in columns:
         header = split if kind == "real" else f"{'seed' if kind == 'synthetic' else kind}\n{split}"
         table.add_column(header, justify="right", no_wrap=True)
     for row in TABLE_ROWS:
-        table.add_row(row, *(str(totals[kind][split][row]) for kind, split in columns),
+        table.add_row(row, *(str(totals[kind].get(split, {}).get(row, 0)) for kind, split in columns),
                       end_section=row == "normal")
     return table
 
@@ -43,7 +45,7 @@ def category_table(stats: dict[str, Any]) -> Table:
 @cli_errors()
 def build_cmd(
     raw: Annotated[Path, typer.Option(help="Folder holding one sub-folder per source.")] = DEFAULT_RAW,
-    out: Annotated[Path, typer.Option(help="Output folder (train/dev/test.jsonl, hf/, stats.json).")] = DEFAULT_OUT,
+    out: Annotated[Path, typer.Option(help="Output folder (train/dev/test.jsonl, holdout.jsonl, hf/, stats.json).")] = DEFAULT_OUT,
     sources: Annotated[str | None, typer.Option(
         help="Comma-separated source names to include (default: all, including seed_synthetic).")] = None,
     commercial_only: Annotated[bool, typer.Option(
