@@ -81,8 +81,9 @@ def render_overview(stats: dict[str, Any]) -> str:
         commercial = "yes" if s["commercial"] else "**no**"
         lines.append(f"| [{name}]({card_name(name)}) | {s['licence']} | {commercial} | " + " | ".join(rows) + " |")
     totals = stats["totals"]
-    lines += ["", "Public data (real sources), rows per category and split:", ""]
-    lines += _rows_table(totals["real"])
+    lines += ["", "Public data (real sources), rows per category and split (holdout = the held-apart half of dev,"
+              " see `training/data/holdout.py`):", ""]
+    lines += _rows_table(totals["real"], (*SPLITS, HOLDOUT_SPLIT) if HOLDOUT_SPLIT in totals["real"] else SPLITS)
     lines += ["", "Synthetic seed set (`seed_synthetic`, train/dev only, never test):", ""]
     lines += _rows_table(totals["synthetic"], ("train", "dev"))
     d = stats["dedup"]

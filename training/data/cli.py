@@ -26,17 +26,15 @@ def category_table(stats: dict[str, Any]) -> Table:
     totals = stats["totals"]
     table = Table(title="rows per category per split (after dedup)")
     table.add_column("category", no_wrap=True)
-    columns: list[tuple[str, str]] = [("real", s) for s in (*SPLITS, "holdout")]
+    columns: list[tuple[str, str]] = [("real", s) for s in SPLITS]
     for kind in ("synthetic", "extra"):
         if any(totals[kind][s]["total"] for s in SPLITS):
             columns += [(kind, s) for s in ("train", "dev")]
-        if totals[kind].get("holdout", {}).get("total"):
-            columns.append((kind, "holdout"))
     for kind, split in columns:
         header = split if kind == "real" else f"{'seed' if kind == 'synthetic' else kind}\n{split}"
         table.add_column(header, justify="right", no_wrap=True)
     for row in TABLE_ROWS:
-        table.add_row(row, *(str(totals[kind].get(split, {}).get(row, 0)) for kind, split in columns),
+        table.add_row(row, *(str(totals[kind][split][row]) for kind, split in columns),
                       end_section=row == "normal")
     return table
 
@@ -90,6 +88,13 @@ def build_cmd(
         f"({d['exact_duplicates']} exact + {d['near_duplicates']} near duplicates merged, "
         f"{d['conflicts_majority+union'] + d['conflicts_reviewer']} label conflicts resolved); "
         f"wrote {out} in {time.perf_counter() - started:.1f}s", highlight=False, soft_wrap=True)
+    held = stats.get("holdout", {})
+    parts = held.get("parts", {})
+    console.print(
+        f"held apart (holdout.jsonl, never trained or fitted on): {parts.get('dev_heldout', 0)} dev rows of "
+        f"{', '.join(held.get('dev_split_sources', [])) or 'no source'} + {parts.get('seed_heldout', 0)} "
+        f"hand-written seeds; dev.jsonl keeps {stats['rows_out']['dev']} rows (the fit part)",
+        highlight=False, soft_wrap=True)
 
 
 @data_app.command("cards")

@@ -31,7 +31,7 @@ PART_SEED = "seed_heldout"
 SEED_HELDOUT_SOURCE = "seed_heldout"
 DEFAULT_HELDOUT_DIR = Path(__file__).resolve().parent / "seed" / "heldout"
 # A held-apart seed may not resemble a training seed more than this (character-trigram Jaccard).
-MAX_SEED_SIMILARITY = 0.5
+MAX_SEED_SIMILARITY = 0.35
 
 
 def holdout_bucket(key: str) -> int:
