@@ -24,7 +24,8 @@ def test_files_written_and_json_round_trips(full_report: EvalResult) -> None:
 
 def test_report_is_self_contained_with_plots(full_report: EvalResult) -> None:
     html = full_report.report_path.read_text(encoding="utf-8")
-    assert len(IMG.findall(html)) == 6  # PR, reliability, operating, histogram, confusion, robustness
+    # PR, reliability, operating, histogram, confusion, robustness, disguise, block precision per source
+    assert len(IMG.findall(html)) == 8
     assert not re.search(r"""(src|href)=["'](?!data:)""", html)  # nothing fetched from anywhere
     assert "http://" not in html and "https://" not in html
     assert html.index("Summary: what happens if we ship this") < html.index("Per category")
@@ -57,7 +58,8 @@ def test_baseline_next_to_bundle(full_report: EvalResult) -> None:
 
 def test_robustness_section(full_report: EvalResult) -> None:
     r = full_report.metrics["robustness"]
-    assert set(r["perturbations"]) == {"spaces", "symbols", "zero_width", "full_width", "traditional", "homophones"}
+    assert set(r["perturbations"]) == {"spaces", "symbols", "zero_width", "full_width", "traditional", "homophones",
+                                       "emoji", "split"}
     assert r["n"] == 8 and r["support"]["rumor"] == 3
     # The fake scores listed texts from a table; any changed text falls back to keywords, so the
     # normalised kinds still change the score here. What must hold: drop = clean - perturbed.
