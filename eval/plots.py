@@ -244,7 +244,7 @@ def disguise_bars(robustness: dict[str, Any]) -> str:
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.8))
     x = np.arange(len(labels))
-    a1.bar(x, arr(acc), color=[COLORS[0]] + [COLORS[1]] * len(kinds))
+    a1.bar(x, arr(acc), color=[COLORS[0]] + ["#888888"] * len(kinds))
     a1.set_xticks(x, labels, rotation=30, ha="right", fontsize=9)
     a1.set_ylim(0, 1)
     a1.set_title("harmful vs. not: accuracy")
