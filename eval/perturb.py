@@ -22,7 +22,7 @@ import numpy as np
 
 from models.policy import CATEGORY_SLUGS
 
-from .metrics import BLOCK, PASS, flat_metrics, nan_to_none, ones_weights
+from .metrics import BLOCK, PASS, flat_metrics, nan_to_none, ones_weights, wilson_interval
 from .scoring import Scored
 
 INSERT_RATE = 0.5  # chance of an insertion after each Chinese character
@@ -232,21 +232,47 @@ def _summary(y_true: np.ndarray, run: Scored) -> dict[str, Any]:
     return out
 
 
+def _by_source(y_true: np.ndarray, run: Scored, sources: list[str | None]) -> dict[str, Any]:
+    """Per source: the harmless texts flagged (review or block), and the blocked texts that are harmful."""
+    harmful = y_true.any(axis=1)
+    src = np.array([x if x is not None else "(none)" for x in sources])
+    flagged, blocked = run.decisions != PASS, run.decisions == BLOCK
+    out: dict[str, Any] = {}
+    for name in sorted(set(src.tolist())):
+        m = src == name
+        n_harmless = int((m & ~harmful).sum())
+        n_blocked = int((m & blocked).sum())
+        correct = int((m & blocked & harmful).sum())
+        ci = wilson_interval(correct, n_blocked)
+        out[name] = {
+            "harmless": n_harmless,
+            "harmless_flagged": float((m & ~harmful & flagged).sum() / n_harmless) if n_harmless else None,
+            "blocked": n_blocked,
+            "blocked_harmful": correct / n_blocked if n_blocked else None,
+            "blocked_harmful_ci": list(ci) if ci else None,
+        }
+    return out
+
+
 def _drop(clean: float | None, perturbed: float | None) -> float | None:
     return None if clean is None or perturbed is None else clean - perturbed
 
 
 def robustness_section(y_true: np.ndarray, clean: Scored, perturbed: dict[str, tuple[np.ndarray, Scored]],
-                       *, seed: int, population: int) -> dict[str, Any]:
+                       *, seed: int, population: int, sources: list[str | None] | None = None) -> dict[str, Any]:
     """Metrics on the clean sample and, per perturbation, the perturbed numbers and the drop
-    (clean - perturbed; positive = worse under obfuscation)."""
+    (clean - perturbed; positive = worse under obfuscation). With ``sources``, also per source the
+    harmless flag rate and the harmful share of blocked texts, plain and per perturbation."""
     base = _summary(y_true, clean)
+    if sources is not None:
+        base["by_source"] = _by_source(y_true, clean, sources)
     harmful = y_true.any(axis=1)
     support = {slug: int(y_true[:, j].sum()) for j, slug in enumerate(CATEGORY_SLUGS)}
     kinds: dict[str, Any] = {}
     for kind, (changed, run) in perturbed.items():
         p = _summary(y_true, run)
         kinds[kind] = {
+            **({"by_source": _by_source(y_true, run, sources)} if sources is not None else {}),
             "description": PERTURBATIONS[kind].description,
             "undone_by_normalisation": PERTURBATIONS[kind].undone_by_normalisation,
             "changed_share": float(changed.mean()),

@@ -217,7 +217,15 @@ def _robustness(m: dict[str, Any]) -> dict[str, Any] | None:
             "per_category": {s: signed(p["per_category"][s]["recall_drop"], "num") for s in CATEGORY_SLUGS},
         })
     slugs = [s for s in CATEGORY_SLUGS if r["support"][s] > 0]
-    return {"n": r["n"], "population": r["population"], "kinds": kinds, "slugs": slugs,
+    sources = []
+    for name, c in (r["clean"].get("by_source") or {}).items():
+        per_kind = [r["perturbations"][k].get("by_source", {}).get(name, {}) for k in r["perturbations"]]
+        sources.append({
+            "name": name, "harmless": c["harmless"], "blocked": c["blocked"],
+            "flagged": [pct(c["harmless_flagged"])] + [pct(x.get("harmless_flagged")) for x in per_kind],
+            "blocked_harmful": [num(c["blocked_harmful"])] + [num(x.get("blocked_harmful")) for x in per_kind],
+        })
+    return {"n": r["n"], "population": r["population"], "kinds": kinds, "slugs": slugs, "sources": sources,
             "clean_recall": num(r["clean"]["binary_recall"]), "clean_missed": pct(r["clean"]["harmful_missed"]),
             "clean_accuracy": num(r["clean"].get("binary_accuracy")),
             "clean_harmless_flagged": pct(r["clean"].get("harmless_flagged")),

@@ -95,3 +95,17 @@ def test_user_text_is_escaped(tmp_path, fake_predictor_cls, monkeypatch) -> None
     html = render_report(ReportInputs(data=data, this=run, metrics=m, policy=fake.policy))
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_block_precision_review_share_and_disguise_tables(full_report: EvalResult) -> None:
+    m = full_report.metrics
+    html = full_report.report_path.read_text(encoding="utf-8")
+    ins = m["block_precision"]["per_category"]["insult_defamation"]
+    # hand8 insult scores .95 .70 0 0 .05 .60 0 .55 at block threshold 0.9: only h0 (weibo, insult) is blocked
+    assert ins["(all)"]["blocked"] == 1 and ins["(all)"]["correct"] == 1
+    assert ins["by_source"]["weibo"]["blocked"] == 1 and ins["by_source"]["weibo"]["ci"][1] == 1.0
+    assert ins["holds"] is None  # no source has 30 positives in 8 texts
+    assert m["harmless_review"]["overall"]["harmless"] == 3
+    assert "Block precision per source" in html and "Harmless texts sent to review" in html
+    assert "harmless flagged: emoji" in html and "blocked harmful: split" in html
+    assert set(m["robustness"]["clean"]["by_source"]) == {"weibo", "news"}

@@ -115,3 +115,19 @@ def test_robustness_reports_accuracy_and_harmless_flag_rate(hand8_scored: Scored
     assert p["harmless_flagged_increase"] == pytest.approx(1.0 - clean_flagged)
     assert p["binary_accuracy_drop"] > 0
     assert p["changed_share_harmless"] == pytest.approx(2 / 3) and p["changed_share_harmful"] == 1.0
+
+
+def test_robustness_per_source_harmless_flag_rate(hand8_scored: Scored, hand8) -> None:  # type: ignore[no-untyped-def]
+    y = hand8.y_true
+    harmless = ~y.any(axis=1)
+    decisions = hand8_scored.decisions.copy()
+    decisions[harmless] = BLOCK  # every disguised harmless text blocked
+    worse = dataclasses.replace(hand8_scored, decisions=decisions)
+    r = robustness_section(y, hand8_scored, {"emoji": (np.ones(8, dtype=bool), worse)}, seed=0, population=8,
+                           sources=hand8.sources)
+    weibo = r["perturbations"]["emoji"]["by_source"]["weibo"]
+    assert weibo["harmless"] == 2 and weibo["harmless_flagged"] == 1.0
+    blocked = int((decisions[np.array(hand8.sources) == "weibo"] == BLOCK).sum())
+    assert weibo["blocked"] == blocked and weibo["blocked_harmful"] < 1.0  # the blocked harmless texts count
+    assert set(r["clean"]["by_source"]) == {"weibo", "news"}
+    assert "by_source" not in robustness_section(y, hand8_scored, {}, seed=0, population=8)["clean"]
