@@ -99,6 +99,20 @@ def perturb_table(m: dict[str, Any]) -> list[str]:
                    f"| {f3(p['binary_accuracy'])} | {signed_pts(p['binary_accuracy_drop'])} | {f3(p['binary_recall'])} "
                    f"| {signed_pts(p['binary_recall_drop'])} | {pc(p['harmless_flagged'])} "
                    f"| {signed_pts(p['harmless_flagged_increase'])} | {pc(p['harmless_blocked'])} |")
+    by_source = c.get("by_source")
+    if by_source:
+        kinds = list(r["perturbations"])
+        out += ["", "Per source: harmless texts flagged (review or block), plain and per kind; and block precision "
+                "(blocked texts that are harmful, any category):", "",
+                "| source | harmless | flagged: plain | " + " | ".join(f"flagged: {k}" for k in kinds)
+                + " | blocked harmful: plain | " + " | ".join(f"blocked harmful: {k}" for k in kinds) + " |",
+                "|---|---:|" + "---:|" * (2 * len(kinds) + 2)]
+        for name, b in by_source.items():
+            per = [r["perturbations"][k]["by_source"].get(name, {}) for k in kinds]
+            out.append(f"| {name} | {b['harmless']} | {pc(b['harmless_flagged'])} | "
+                       + " | ".join(pc(x.get("harmless_flagged")) for x in per)
+                       + f" | {f3(b['blocked_harmful'])} ({b['blocked']}) | "
+                       + " | ".join(f"{f3(x.get('blocked_harmful'))} ({x.get('blocked', 0)})" for x in per) + " |")
     return out
 
 
