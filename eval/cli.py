@@ -14,7 +14,7 @@ from models.bundle import BundleError
 from models.policy import PolicyError
 from shenhe.errors import cli_errors
 
-_PERTURBATIONS = "spaces,symbols,zero_width,full_width,traditional,homophones"
+_PERTURBATIONS = "spaces,symbols,zero_width,full_width,traditional,homophones,emoji,split"
 
 
 @cli_errors(EvalDataError, PolicyError, BundleError)
@@ -25,7 +25,7 @@ def eval_cmd(
     compare: Annotated[Path | None, typer.Option("--compare", help="A second bundle: show both, the difference and bootstrap 95% intervals.")] = None,
     baseline: Annotated[Path | None, typer.Option("--baseline", help="A TF-IDF run directory (shenhe train --arch tfidf) shown next to the bundle.")] = None,
     policy: Annotated[Path | None, typer.Option("--policy", help="Evaluate with this policy YAML instead of the bundle's.")] = None,
-    perturb: Annotated[bool, typer.Option("--perturb", help="Re-score after obfuscations (spaces, symbols, zero-width, full-width, traditional, homophones).")] = False,
+    perturb: Annotated[bool, typer.Option("--perturb", help="Re-score after obfuscations (spaces, symbols, zero-width, full-width, traditional, homophones, emoji-for-character, split-character), of harmful and harmless texts alike.")] = False,
     perturb_kinds: Annotated[str, typer.Option("--perturb-kinds", help="Comma-separated obfuscations to run.")] = _PERTURBATIONS,
     perturb_sample: Annotated[int, typer.Option("--perturb-sample", min=1, help="Texts re-scored per obfuscation (seeded sample).")] = 2000,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for --compare intervals.")] = 1000,

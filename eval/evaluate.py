@@ -32,6 +32,7 @@ from .metrics import (
     reliability,
 )
 from .scoring import Scored
+from .sources import block_precision_section, harmless_review_section
 
 SCHEMA_VERSION = 1
 WORST_ERRORS = 15
@@ -192,6 +193,8 @@ def evaluate(data: EvalSet, run: Scored, *, bundle_dir: str | None = None,
         },
         "confusion": label_confusion(y, s),
         "worst_errors": _worst_errors(data, run),
+        "block_precision": block_precision_section(y, s, thr, data.sources),
+        "harmless_review": harmless_review_section(y, s, run.decisions, thr, data.sources),
     }
 
 

@@ -15,6 +15,7 @@ them against scikit-learn with sample weights.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -347,3 +348,17 @@ def label_confusion(y_true: np.ndarray, scores: np.ndarray) -> dict[str, object]
 def nan_to_none(x: float) -> float | None:
     x = float(x)
     return None if np.isnan(x) else x
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """Wilson score interval (95% by default) for a proportion ``successes / n``; None when n = 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible for small n or a
+    proportion near 1 (block precision of 20 / 20 gives [0.84, 1.0], not [1.0, 1.0])."""
+    if n <= 0:
+        return None
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -228,3 +228,61 @@ def robustness_heatmap(robustness: dict[str, Any]) -> str:
     ax.set_title("Recall lost under obfuscation")
     fig.tight_layout()
     return to_base64(fig)
+
+
+def disguise_bars(robustness: dict[str, Any]) -> str:
+    """Harmful-vs-not accuracy and the harmless flag rate, plain vs. each obfuscation."""
+    kinds = list(robustness["perturbations"])
+    labels = ["plain", *kinds]
+    clean = robustness["clean"]
+    acc = [clean.get("binary_accuracy")] + [robustness["perturbations"][k].get("binary_accuracy") for k in kinds]
+    flag = [clean.get("harmless_flagged")] + [robustness["perturbations"][k].get("harmless_flagged") for k in kinds]
+    block = [clean.get("harmless_blocked")] + [robustness["perturbations"][k].get("harmless_blocked") for k in kinds]
+
+    def arr(xs: list[Any]) -> np.ndarray:
+        return np.array([np.nan if x is None else x for x in xs], dtype=float)
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 3.8))
+    x = np.arange(len(labels))
+    a1.bar(x, arr(acc), color=[COLORS[0]] + ["#888888"] * len(kinds))
+    a1.set_xticks(x, labels, rotation=30, ha="right", fontsize=9)
+    a1.set_ylim(0, 1)
+    a1.set_title("harmful vs. not: accuracy")
+    w = 0.4
+    a2.bar(x - w / 2, arr(flag), w, label="harmless flagged (review or block)", color=COLORS[0])
+    a2.bar(x + w / 2, arr(block), w, label="harmless blocked", color=COLORS[1])
+    a2.set_xticks(x, labels, rotation=30, ha="right", fontsize=9)
+    a2.set_ylim(0, max(0.1, float(np.nanmax(arr(flag))) * 1.2 if np.isfinite(arr(flag)).any() else 0.1))
+    a2.legend(fontsize=8)
+    a2.set_title("what the policy does with harmless texts")
+    fig.tight_layout()
+    return to_base64(fig)
+
+
+def block_precision_dots(block_precision: dict[str, Any]) -> str:
+    """Block precision with Wilson 95% intervals, per category (rows) and source (points)."""
+    rows: list[tuple[str, float, float, float, bool]] = []
+    for slug, e in block_precision["per_category"].items():
+        if not e["can_block"]:
+            continue
+        for name, c in e["by_source"].items():
+            if c["blocked"]:
+                lo, hi = c["ci"]
+                rows.append((f"{slug} / {name} (n={c['blocked']})", c["precision"], lo, hi, c["in_rule"]))
+    fig, ax = plt.subplots(figsize=(9, 0.32 * max(len(rows), 3) + 1.5))
+    if not rows:
+        ax.text(0.5, 0.5, "no blocks", ha="center", va="center")
+        ax.set_axis_off()
+        return to_base64(fig)
+    y = np.arange(len(rows))[::-1]
+    for yi, (_, p, lo, hi, in_rule) in zip(y, rows, strict=True):
+        color = COLORS[0] if in_rule else "#999999"
+        ax.plot([lo, hi], [yi, yi], color=color, lw=2)
+        ax.plot([p], [yi], "o", color=COLORS[1] if p < block_precision["target_precision"] else color)
+    ax.axvline(block_precision["target_precision"], color="#444", ls="--", lw=1)
+    ax.set_yticks(y, [r[0] for r in rows], fontsize=8)
+    ax.set_xlim(0, 1.01)
+    ax.set_xlabel(f"block precision (Wilson 95% CI); grey = source with < {block_precision['min_positives']} positives")
+    ax.set_title("Block precision per category and source")
+    fig.tight_layout()
+    return to_base64(fig)

@@ -200,6 +200,13 @@ def _robustness(m: dict[str, Any]) -> dict[str, Any] | None:
             "description": p["description"],
             "undone": p["undone_by_normalisation"],
             "changed": pct(p["changed_share"]),
+            "accuracy": num(p.get("binary_accuracy")),
+            "accuracy_drop": signed(p.get("binary_accuracy_drop"), "num"),
+            "harmless_flagged": pct(p.get("harmless_flagged")),
+            "harmless_flagged_increase": signed(p.get("harmless_flagged_increase"), "pct"),
+            "harmless_blocked": pct(p.get("harmless_blocked")),
+            "changed_harmful": pct(p.get("changed_share_harmful")),
+            "changed_harmless": pct(p.get("changed_share_harmless")),
             "recall": num(p["binary_recall"]),
             "recall_drop": signed(p["binary_recall_drop"], "num"),
             "missed": pct(p["harmful_missed"]),
@@ -210,8 +217,76 @@ def _robustness(m: dict[str, Any]) -> dict[str, Any] | None:
             "per_category": {s: signed(p["per_category"][s]["recall_drop"], "num") for s in CATEGORY_SLUGS},
         })
     slugs = [s for s in CATEGORY_SLUGS if r["support"][s] > 0]
-    return {"n": r["n"], "population": r["population"], "kinds": kinds, "slugs": slugs,
-            "clean_recall": num(r["clean"]["binary_recall"]), "clean_missed": pct(r["clean"]["harmful_missed"])}
+    sources = []
+    for name, c in (r["clean"].get("by_source") or {}).items():
+        per_kind = [r["perturbations"][k].get("by_source", {}).get(name, {}) for k in r["perturbations"]]
+        sources.append({
+            "name": name, "harmless": c["harmless"], "blocked": c["blocked"],
+            "flagged": [pct(c["harmless_flagged"])] + [pct(x.get("harmless_flagged")) for x in per_kind],
+            "blocked_harmful": [num(c["blocked_harmful"])] + [num(x.get("blocked_harmful")) for x in per_kind],
+        })
+    return {"n": r["n"], "population": r["population"], "kinds": kinds, "slugs": slugs, "sources": sources,
+            "clean_recall": num(r["clean"]["binary_recall"]), "clean_missed": pct(r["clean"]["harmful_missed"]),
+            "clean_accuracy": num(r["clean"].get("binary_accuracy")),
+            "clean_harmless_flagged": pct(r["clean"].get("harmless_flagged")),
+            "clean_harmless_blocked": pct(r["clean"].get("harmless_blocked")),
+            "harmful": r.get("harmful"), "harmless": r.get("harmless")}
+
+
+def _ci(c: list[float] | None) -> str:
+    return "–" if not c else f"[{num(c[0])}, {num(c[1])}]"
+
+
+def _block_precision(m: dict[str, Any]) -> dict[str, Any] | None:
+    """Rows for the per-source block precision table: one per (category, source) with blocks or positives."""
+    bp = m.get("block_precision")
+    if bp is None:
+        return None
+    rows = []
+    for slug, e in bp["per_category"].items():
+        cells = [("all sources", e["(all)"], False)] + [(name, c, True) for name, c in e["by_source"].items()]
+        if not e["(all)"]["positives"] and not e["(all)"]["blocked"]:
+            continue
+        for name, c, is_source in cells:
+            rows.append({
+                "slug": slug, "source": name, "is_source": is_source, "can_block": e["can_block"],
+                "threshold": num(e["threshold"], 3), "positives": c["positives"], "blocked": c["blocked"],
+                "correct": c["correct"], "precision": num(c["precision"]), "ci": _ci(c["ci"]),
+                "in_rule": c["in_rule"] and is_source,
+                "below": c["precision"] is not None and c["precision"] < bp["target_precision"],
+            })
+    verdicts = []
+    for slug, e in bp["per_category"].items():
+        if not e["can_block"]:
+            verdict = "review only (never blocks)"
+        elif e["holds"] is None:
+            verdict = f"no source with ≥ {bp['min_positives']} positives has blocks here"
+        else:
+            verdict = (f"worst source {e['worst_source']}: {num(e['worst_precision'])} "
+                       + ("≥" if e["holds"] else "<") + f" {bp['target_precision']}")
+        verdicts.append({"slug": slug, "verdict": verdict, "holds": e["holds"]})
+    return {"rows": rows, "verdicts": verdicts, "min_positives": bp["min_positives"],
+            "target": bp["target_precision"]}
+
+
+def _harmless(m: dict[str, Any]) -> dict[str, Any] | None:
+    h = m.get("harmless_review")
+    if h is None or not h["overall"]["harmless"]:
+        return None
+
+    def share(x: dict[str, Any]) -> str:
+        return f"{pct(x['share'])} ({x['count']}) {_ci(x['ci']) if x['ci'] else ''}"
+
+    def row(name: str, d: dict[str, Any]) -> dict[str, Any]:
+        return {"name": name, "n": d["harmless"], "review": share(d["review"]), "block": share(d["block"]),
+                "flagged": share(d["flagged"])}
+
+    per_category = [{"slug": slug, "threshold": num(c["review_threshold"], 3), "reached": share(c["reached"]),
+                     "blocked": share(c["blocked"]), "share": c["reached"]["share"]}
+                    for slug, c in h["per_category"].items()]
+    return {"overall": row("all harmless texts", h["overall"]),
+            "by_source": [row(name, d) for name, d in h["by_source"].items()],
+            "per_category": per_category}
 
 
 def _figures(inp: ReportInputs) -> dict[str, str]:
@@ -233,6 +308,9 @@ def _figures(inp: ReportInputs) -> dict[str, str]:
     }
     if "robustness" in inp.metrics:
         figs["robustness"] = plots.robustness_heatmap(inp.metrics["robustness"])
+        figs["disguise"] = plots.disguise_bars(inp.metrics["robustness"])
+    if inp.metrics.get("block_precision") is not None:
+        figs["block_precision"] = plots.block_precision_dots(inp.metrics["block_precision"])
     return figs
 
 
@@ -263,6 +341,8 @@ def build_context(inp: ReportInputs) -> dict[str, Any]:
         "false_positives": _error_rows(inp, "false_positives"),
         "false_negatives": _error_rows(inp, "false_negatives"),
         "robustness": _robustness(m),
+        "block_precision": _block_precision(m),
+        "harmless": _harmless(m),
         "figures": _figures(inp),
         "pct": pct,
         "num": num,

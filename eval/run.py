@@ -155,7 +155,7 @@ def run_eval(cfg: EvalConfig, factory: PredictorFactory | None = None,
         sample = data.subset(idx)
         metrics["robustness"] = robustness_section(
             sample.y_true, this.subset(idx), _perturbed_runs(predictor, sample, cfg, "perturbed"),
-            seed=cfg.seed, population=data.n)
+            seed=cfg.seed, population=data.n, sources=sample.sources if sample.has_sources else None)
         if other_predictor is not None and other is not None:
             metrics["compare_robustness"] = robustness_section(
                 sample.y_true, other.subset(idx), _perturbed_runs(other_predictor, sample, cfg, "perturbed (compare)"),

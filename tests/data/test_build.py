@@ -91,7 +91,9 @@ def test_stats_match_the_written_files(built) -> None:
         table = count_table(rows, {name})
         for split in SPLITS:
             assert {k: v for k, v in source["rows"][split].items() if v} == dict(table[split]), (name, split)
-    assert stats["rows_out"] == {split: len(rows[split]) for split in SPLITS}
+    assert {split: stats["rows_out"][split] for split in SPLITS} == {split: len(rows[split]) for split in SPLITS}
+    held = (out / "holdout.jsonl").read_text(encoding="utf-8").splitlines()
+    assert stats["rows_out"]["holdout"] == len(held)
 
 
 def test_datasetdict_holds_the_same_rows(built) -> None:

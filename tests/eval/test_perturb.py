@@ -78,3 +78,34 @@ def test_robustness_drop_is_clean_minus_perturbed(hand8_scored: Scored, hand8: E
     assert p["per_category"]["insult_defamation"]["recall_drop"] == pytest.approx(1.0)
     assert p["per_category"]["national_security"]["recall_drop"] is None  # no support
     assert p["changed_share"] == 1.0
+
+
+def _undo(text: str, table: dict[str, str]) -> str:
+    for word, sub in sorted(table.items(), key=lambda kv: -len(kv[1])):
+        text = text.replace(sub, word)
+    return text
+
+
+def test_emoji_rewrites_harmful_and_harmless_texts_by_the_table() -> None:
+    from eval.perturb import EMOJI_TABLE
+
+    texts = ["你妈死了，你这条狗", "我家的猫和狗都很可爱", "河南人也好，东北人也好，地域黑真的没意思。"]
+    out = perturb_texts(texts * 20, "emoji", seed=0)
+    assert any("🐶" in o for o in out[::3]) and any("🐱" in o or "🐶" in o for o in out[1::3])
+    assert any(o != texts[2] for o in out[2::3])  # harmless counter-speech is rewritten too
+    for orig, new in zip(texts * 20, out, strict=True):
+        # every difference is a table word written as its symbol
+        assert new == orig or any(sym in new for sym in EMOJI_TABLE.values())
+    assert _undo("你🐴☠了", {"妈": "🐴", "死": "☠"}) == "你妈死了"
+
+
+def test_split_characters_writes_components() -> None:
+    from eval.perturb import SPLIT_TABLE
+
+    out = perturb_texts(["你妈的，拿枪来", "今天的天气很好"] * 20, "split", seed=1)
+    assert any("女马" in o for o in out[::2]) and any("木仓" in o for o in out[::2])
+    assert any("女子" in o for o in out[1::2])
+    for orig, new in zip(["你妈的，拿枪来", "今天的天气很好"] * 20, out, strict=True):
+        assert _undo(new, SPLIT_TABLE) == orig or new == orig
+        assert len(new) >= len(orig)
+    assert normalize_text(out[0]) != normalize_text("你妈的，拿枪来") or out[0] == "你妈的，拿枪来"

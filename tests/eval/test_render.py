@@ -27,9 +27,9 @@ CHROMIUM = render_report.chromium_path()
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install -y chromium)")
 def test_report_renders_offline_with_all_plots(full_report: EvalResult, tmp_path: Path) -> None:
     png = tmp_path / "report.png"
-    result = render_report.render(full_report.report_path, png, width=1280, height=3000, min_images=6)
+    result = render_report.render(full_report.report_path, png, width=1280, height=3000, min_images=8)
     assert result["ok"], result["problems"]
-    assert result["images_loaded"] == "6/6"
+    assert result["images_loaded"] == "8/8"
     assert result["external_references"] == []
     assert result["screenshot"]["non_white_share"] > 0.02
 

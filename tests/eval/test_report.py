@@ -24,7 +24,8 @@ def test_files_written_and_json_round_trips(full_report: EvalResult) -> None:
 
 def test_report_is_self_contained_with_plots(full_report: EvalResult) -> None:
     html = full_report.report_path.read_text(encoding="utf-8")
-    assert len(IMG.findall(html)) == 6  # PR, reliability, operating, histogram, confusion, robustness
+    # PR, reliability, operating, histogram, confusion, robustness, disguise, block precision per source
+    assert len(IMG.findall(html)) == 8
     assert not re.search(r"""(src|href)=["'](?!data:)""", html)  # nothing fetched from anywhere
     assert "http://" not in html and "https://" not in html
     assert html.index("Summary: what happens if we ship this") < html.index("Per category")
@@ -57,7 +58,8 @@ def test_baseline_next_to_bundle(full_report: EvalResult) -> None:
 
 def test_robustness_section(full_report: EvalResult) -> None:
     r = full_report.metrics["robustness"]
-    assert set(r["perturbations"]) == {"spaces", "symbols", "zero_width", "full_width", "traditional", "homophones"}
+    assert set(r["perturbations"]) == {"spaces", "symbols", "zero_width", "full_width", "traditional", "homophones",
+                                       "emoji", "split"}
     assert r["n"] == 8 and r["support"]["rumor"] == 3
     # The fake scores listed texts from a table; any changed text falls back to keywords, so the
     # normalised kinds still change the score here. What must hold: drop = clean - perturbed.
@@ -93,3 +95,17 @@ def test_user_text_is_escaped(tmp_path, fake_predictor_cls, monkeypatch) -> None
     html = render_report(ReportInputs(data=data, this=run, metrics=m, policy=fake.policy))
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_block_precision_review_share_and_disguise_tables(full_report: EvalResult) -> None:
+    m = full_report.metrics
+    html = full_report.report_path.read_text(encoding="utf-8")
+    ins = m["block_precision"]["per_category"]["insult_defamation"]
+    # hand8 insult scores .95 .70 0 0 .05 .60 0 .55 at block threshold 0.9: only h0 (weibo, insult) is blocked
+    assert ins["(all)"]["blocked"] == 1 and ins["(all)"]["correct"] == 1
+    assert ins["by_source"]["weibo"]["blocked"] == 1 and ins["by_source"]["weibo"]["ci"][1] == 1.0
+    assert ins["holds"] is None  # no source has 30 positives in 8 texts
+    assert m["harmless_review"]["overall"]["harmless"] == 3
+    assert "Block precision per source" in html and "Harmless texts sent to review" in html
+    assert "harmless flagged: emoji" in html and "blocked harmful: split" in html
+    assert set(m["robustness"]["clean"]["by_source"]) == {"weibo", "news"}

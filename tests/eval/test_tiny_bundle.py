@@ -72,4 +72,4 @@ def test_self_compare_is_zero(tiny_report: tuple[Path, Path, Path]) -> None:
 
 def test_report_embeds_all_plots(tiny_report: tuple[Path, Path, Path]) -> None:
     html = (tiny_report[0] / "report.html").read_text(encoding="utf-8")
-    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', html)) == 6
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', html)) == 8  # + harmless flag rate under disguise, block precision per source

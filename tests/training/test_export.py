@@ -237,3 +237,28 @@ def test_quantiser_scratch_files_stay_out_of_the_callers_directory(tmp_path: Pat
         Path("sym_shape_infer_temp.onnx").write_bytes(b"x")  # what onnxruntime does when shape inference gives up
     assert Path.cwd() == tmp_path and scratch != tmp_path
     assert not scratch.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_thresholds_are_fit_on_dev_only_never_on_holdout(tiny_run: Path, tmp_path: Path) -> None:
+    """A holdout.jsonl next to dev.jsonl is never read: an export with one that cannot even be parsed
+    gives the same thresholds and calibration as without it, and the bundle says what it fit on."""
+    import shutil
+
+    from training.finetune.export import ExportOptions, export_bundle
+
+    src = Path(json.loads((tiny_run / "run.json").read_text(encoding="utf-8"))["args"]["data"])
+    data = tmp_path / "data"
+    shutil.copytree(src, data)
+    (data / "holdout.jsonl").write_text("this is not JSON\n", encoding="utf-8")
+    with_holdout = export_bundle(ExportOptions(run=tiny_run, out=tmp_path / "b1", name="t", version="1", threads=1,
+                                               data=data, show_progress=False, allow_parity_failure=True))
+    (data / "holdout.jsonl").unlink()
+    without = export_bundle(ExportOptions(run=tiny_run, out=tmp_path / "b2", name="t", version="1", threads=1,
+                                          data=data, show_progress=False, allow_parity_failure=True))
+    m1 = json.loads((with_holdout / "metrics.json").read_text(encoding="utf-8"))
+    m2 = json.loads((without / "metrics.json").read_text(encoding="utf-8"))
+    assert m1["operating_points"] == m2["operating_points"]
+    assert m1["fit"]["split"] == "dev" and m1["fit"]["held_apart_file"].endswith("holdout.jsonl")
+    assert m2["fit"]["held_apart_file"] is None
+    dev_rows = sum(1 for line in (data / "dev.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
+    assert m1["fit"]["texts"] == dev_rows

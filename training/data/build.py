@@ -1,7 +1,8 @@
 """`shenhe data build`: read every source, deduplicate, resolve labels, split, write the corpus.
 
 Outputs in ``--out``: ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` (one ``{"id", "text", "labels",
-"source"}`` per line, sorted by id), ``hf/`` (the same as a `datasets.DatasetDict`) and
+"source"}`` per line, sorted by id), ``holdout.jsonl`` (held-apart rows, the same fields plus ``part``;
+see :mod:`training.data.holdout`), ``hf/`` (train/dev/test as a `datasets.DatasetDict`) and
 ``stats.json`` (the counts the data cards render). Deterministic: same input, byte-identical output.
 """
 
@@ -19,6 +20,19 @@ from typing import Any
 from models.normalize import normalize_text
 from models.policy import CATEGORY_SLUGS, load_policy
 from training.data.dedup import key_of_normalized, resolve_labels
+from training.data.holdout import (
+    DEFAULT_HELDOUT_DIR,
+    HOLDOUT_SHARE,
+    HOLDOUT_SPLIT,
+    MIN_DEV_ROWS_TO_SPLIT,
+    PART_DEV,
+    PART_SEED,
+    SALT,
+    SEED_HELDOUT_SOURCE,
+    is_held_apart,
+    load_heldout_seeds,
+    split_sources,
+)
 from training.data.records import NORMAL, SPLITS, IssueLog, Record
 from training.data.sources import ALL_SOURCES, PUBLIC_SOURCES, SEED_SPEC, SourceSpec, get_source
 from training.data.sources.jsonl import EXTRA_ORIGIN, load_extra
@@ -27,6 +41,7 @@ from training.data.split import assign_split
 STATS_FORMAT = 1
 DEFAULT_SEED_DIR = Path(__file__).resolve().parent / "seed"
 TABLE_ROWS: tuple[str, ...] = (*CATEGORY_SLUGS, NORMAL, "total")
+OUT_SPLITS: tuple[str, ...] = (*SPLITS, HOLDOUT_SPLIT)  # files written; stats count rows per each
 
 
 class BuildError(ValueError):
@@ -43,6 +58,9 @@ class BuildConfig:
     seed_dir: Path = DEFAULT_SEED_DIR
     write_hf: bool = True
     policy_path: Path | None = None
+    # Held-apart hand-written seeds (read only when the seed set is one of the sources);
+    # None = ``seed_dir / "heldout"`` when that folder exists.
+    heldout_dir: Path | None = None
 
 
 @dataclass
@@ -53,7 +71,7 @@ class _SourceStats:
     duplicates_removed: int = 0
     dropped_from_test: int = 0
     label_conflicts: int = 0
-    rows: dict[str, Counter[str]] = field(default_factory=lambda: {s: Counter() for s in SPLITS})
+    rows: dict[str, Counter[str]] = field(default_factory=lambda: {s: Counter() for s in OUT_SPLITS})
 
 
 def select_sources(config: BuildConfig) -> tuple[list[SourceSpec], list[str]]:
@@ -166,8 +184,9 @@ def build(config: BuildConfig, progress: Any = None) -> dict[str, Any]:
         groups.setdefault(key, []).append(r)
 
     dev_from_train = {s.name for s in PUBLIC_SOURCES if s.dev_from_train}
-    out_rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
-    totals = {kind: {s: Counter() for s in SPLITS} for kind in ("real", "synthetic", "extra")}
+    out_rows: dict[str, list[dict[str, Any]]] = {s: [] for s in OUT_SPLITS}
+    totals = {kind: {s: Counter() for s in OUT_SPLITS} for kind in ("real", "synthetic", "extra")}
+    row_keys: dict[str, str] = {}  # output row id -> dedup key (for the held-apart partition of dev)
     dedup = Counter()
     seen_ids: set[str] = set()
     task = progress.add_task("resolving labels + splitting", total=len(groups))
@@ -193,6 +212,7 @@ def build(config: BuildConfig, progress: Any = None) -> dict[str, Any]:
                 n += 1
             rep_id = f"{rep.id}#{n}"
         seen_ids.add(rep_id)
+        row_keys[rep_id] = key
         out_rows[split].append({"id": rep_id, "text": rep.text, "labels": list(resolution.labels),
                                 "source": rep.source})
         _count(stats[rep.source].rows[split], resolution.labels)
@@ -212,25 +232,88 @@ def build(config: BuildConfig, progress: Any = None) -> dict[str, Any]:
                 if m is not rep:
                     stats[m.source].duplicates_removed += 1
 
-    for split in SPLITS:
+    holdout = _hold_apart(config, specs, out_rows, row_keys, groups, stats, totals, log)
+
+    for split in OUT_SPLITS:
         out_rows[split].sort(key=lambda row: row["id"])
     _write_outputs(config, out_rows, progress)
 
     result = _stats_json(config, specs, stats, totals, dedup, log, len(records), len(groups))
+    result["holdout"] = holdout
     (config.out / "stats.json").write_text(json.dumps(result, ensure_ascii=False, indent=1, sort_keys=True) + "\n",
                                            encoding="utf-8")
     return result
 
 
+def _uncount(counter: Counter[str], labels: Iterable[str]) -> None:
+    labels = list(labels)
+    counter["total"] -= 1
+    if not labels:
+        counter[NORMAL] -= 1
+    for slug in labels:
+        counter[slug] -= 1
+
+
+def _hold_apart(config: BuildConfig, specs: list[SourceSpec], out_rows: dict[str, list[dict[str, Any]]],
+                row_keys: dict[str, str], groups: dict[str, list[Record]], stats: dict[str, _SourceStats],
+                totals: dict[str, dict[str, Counter[str]]], log: IssueLog) -> dict[str, Any]:
+    """Move half the dev rows of each large public source to the held-apart split, and add the
+    held-apart hand-written seeds (see :mod:`training.data.holdout`). Train and test are untouched."""
+    public_names = {s.name for s in PUBLIC_SOURCES}
+    dev_counts = Counter(row["source"] for row in out_rows["dev"])
+    chosen = split_sources(dev_counts, public_names)
+    keep, moved = [], []
+    for row in out_rows["dev"]:
+        if row["source"] in chosen and is_held_apart(row_keys[row["id"]]):
+            moved.append({**row, "part": PART_DEV})
+        else:
+            keep.append(row)
+    out_rows["dev"] = keep
+    for row in moved:
+        src = stats[row["source"]]
+        _uncount(src.rows["dev"], row["labels"])
+        _count(src.rows[HOLDOUT_SPLIT], row["labels"])
+        _uncount(totals["real"]["dev"], row["labels"])
+        _count(totals["real"][HOLDOUT_SPLIT], row["labels"])
+    out_rows[HOLDOUT_SPLIT].extend(moved)
+
+    seeds_read = seeds_kept = seeds_dropped = 0
+    folder = config.heldout_dir or config.seed_dir / DEFAULT_HELDOUT_DIR.name
+    if SEED_SPEC in specs and (config.heldout_dir is not None or folder.is_dir()):
+        seen: set[str] = set()
+        for r in load_heldout_seeds(folder, log):
+            seeds_read += 1
+            key = key_of_normalized(normalize_text(r.text))
+            if not key or key in groups or key in seen:  # never a copy of a corpus row or of another seed
+                seeds_dropped += 1
+                continue
+            seen.add(key)
+            seeds_kept += 1
+            out_rows[HOLDOUT_SPLIT].append({**r.to_json(), "part": PART_SEED})
+            _count(stats[SEED_HELDOUT_SOURCE].rows[HOLDOUT_SPLIT], r.labels)
+            _count(totals["synthetic"][HOLDOUT_SPLIT], r.labels)
+    if seeds_read:
+        stats[SEED_HELDOUT_SOURCE].rows_read = seeds_read
+        stats[SEED_HELDOUT_SOURCE].duplicates_removed = seeds_dropped
+    return {
+        "rule": (f"public sources with >= {MIN_DEV_ROWS_TO_SPLIT} dev rows: dedup-key hash (salt {SALT!r}) "
+                 f"< {HOLDOUT_SHARE} of 100 -> held apart ({PART_DEV}); dev.jsonl keeps the rest (the fit part)"),
+        "dev_split_sources": sorted(chosen),
+        "dev_rows_before": dict(sorted(dev_counts.items())),
+        "parts": {PART_DEV: len(moved), PART_SEED: seeds_kept},
+        "seed_heldout": {"read": seeds_read, "kept": seeds_kept, "dropped_duplicates": seeds_dropped},
+    }
+
+
 def _write_outputs(config: BuildConfig, out_rows: dict[str, list[dict[str, Any]]], progress: Any) -> None:
     config.out.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
+    for split in OUT_SPLITS:
         with (config.out / f"{split}.jsonl").open("w", encoding="utf-8", newline="\n") as f:
             for row in out_rows[split]:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     if config.write_hf:
         task = progress.add_task("writing datasets DatasetDict", total=1)
-        _write_hf(config.out / "hf", out_rows)
+        _write_hf(config.out / "hf", {split: out_rows[split] for split in SPLITS})
         progress.advance(task)
 
 
@@ -266,10 +349,13 @@ def _stats_json(config: BuildConfig, specs: list[SourceSpec], stats: dict[str, _
     for name in sorted(set(stats) | {s.name for s in specs} | set(log.malformed)):
         st = stats.get(name, _SourceStats())
         spec = by_name.get(name)
+        heldout_seed = name == SEED_HELDOUT_SOURCE
         sources[name] = {
-            "kind": "synthetic" if spec is SEED_SPEC else ("public" if spec else "extra"),
-            "title": spec.title if spec else "extra labelled rows (--extra)",
-            "licence": spec.licence if spec else "supplied by the user",
+            "kind": "synthetic" if spec is SEED_SPEC or heldout_seed else ("public" if spec else "extra"),
+            "title": spec.title if spec else ("shenhe held-apart hand-written seeds (test only)" if heldout_seed
+                                              else "extra labelled rows (--extra)"),
+            "licence": spec.licence if spec else ("Apache-2.0 (written for this project)" if heldout_seed
+                                                  else "supplied by the user"),
             "commercial": spec.commercial if spec else True,
             "rows_read": st.rows_read,
             "malformed": log.malformed.get(name, 0),
@@ -279,7 +365,7 @@ def _stats_json(config: BuildConfig, specs: list[SourceSpec], stats: dict[str, _
             "duplicates_removed": st.duplicates_removed,
             "dropped_from_test": st.dropped_from_test,
             "label_conflict_groups": st.label_conflicts,
-            "rows": {split: _table(st.rows[split]) for split in SPLITS},
+            "rows": {split: _table(st.rows[split]) for split in OUT_SPLITS},
         }
     return {
         "format": STATS_FORMAT,
@@ -289,12 +375,12 @@ def _stats_json(config: BuildConfig, specs: list[SourceSpec], stats: dict[str, _
             "extra": [p.name for p in config.extra],
         },
         "rows_read": rows_in,
-        "rows_out": {split: sum(t[split]["total"] for t in totals.values()) for split in SPLITS},
+        "rows_out": {split: sum(t[split]["total"] for t in totals.values()) for split in OUT_SPLITS},
         "groups": groups,
         "dedup": {k: dedup.get(k, 0) for k in ("groups_with_duplicates", "cross_source_groups",
                                                "exact_duplicates", "near_duplicates",
                                                "conflicts_majority+union", "conflicts_reviewer")},
-        "totals": {kind: {split: _table(t[split]) for split in SPLITS} for kind, t in totals.items()},
+        "totals": {kind: {split: _table(t[split]) for split in OUT_SPLITS} for kind, t in totals.items()},
         "sources": sources,
         "warnings": log.warnings,
     }

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from training.data.holdout import HOLDOUT_SPLIT
 from training.data.records import NORMAL, SPLITS
 
 BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)",
@@ -42,7 +43,12 @@ def render_source_counts(stats: dict[str, Any], source: str) -> str:
     s = stats["sources"].get(source)
     if s is None:
         return f"_{source} was not part of this build._\n"
-    splits = SPLITS if any(s["rows"]["test"].values()) or s["kind"] == "public" else ("train", "dev")
+    splits: tuple[str, ...] = SPLITS if any(s["rows"]["test"].values()) or s["kind"] == "public" else ("train", "dev")
+    held = s["rows"].get(HOLDOUT_SPLIT, {}).get("total", 0)
+    if held and not any(s["rows"][x]["total"] for x in SPLITS):
+        splits = (HOLDOUT_SPLIT,)  # held-apart seeds: nothing in train, dev or test
+    elif held:
+        splits = (*splits, HOLDOUT_SPLIT)
     lines = [f"Rows per category and split after deduplication (`{BUILD_COMMAND}`; categories with no rows"
              " omitted; a row with two categories counts in both):", ""]
     lines += _rows_table(s["rows"], splits)
@@ -67,15 +73,17 @@ def render_overview(stats: dict[str, Any]) -> str:
     """The README block: every source with licence, commercial use and rows per split, then totals."""
     from training.data.sources import SOURCE_NAMES
 
-    lines = ["| source | licence | commercial use | train | dev | test |", "|---|---|---|---:|---:|---:|"]
+    lines = ["| source | licence | commercial use | train | dev | test | held apart |",
+             "|---|---|---|---:|---:|---:|---:|"]
     order = {name: i for i, name in enumerate(SOURCE_NAMES)}
     for name, s in sorted(stats["sources"].items(), key=lambda item: (order.get(item[0], len(order)), item[0])):
-        rows = [str(s["rows"][split]["total"]) for split in SPLITS]
+        rows = [str(s["rows"].get(split, {}).get("total", 0)) for split in (*SPLITS, HOLDOUT_SPLIT)]
         commercial = "yes" if s["commercial"] else "**no**"
         lines.append(f"| [{name}]({card_name(name)}) | {s['licence']} | {commercial} | " + " | ".join(rows) + " |")
     totals = stats["totals"]
-    lines += ["", "Public data (real sources), rows per category and split:", ""]
-    lines += _rows_table(totals["real"])
+    lines += ["", "Public data (real sources), rows per category and split (holdout = the held-apart half of dev,"
+              " see `training/data/holdout.py`):", ""]
+    lines += _rows_table(totals["real"], (*SPLITS, HOLDOUT_SPLIT) if HOLDOUT_SPLIT in totals["real"] else SPLITS)
     lines += ["", "Synthetic seed set (`seed_synthetic`, train/dev only, never test):", ""]
     lines += _rows_table(totals["synthetic"], ("train", "dev"))
     d = stats["dedup"]

@@ -43,7 +43,7 @@ def category_table(stats: dict[str, Any]) -> Table:
 @cli_errors()
 def build_cmd(
     raw: Annotated[Path, typer.Option(help="Folder holding one sub-folder per source.")] = DEFAULT_RAW,
-    out: Annotated[Path, typer.Option(help="Output folder (train/dev/test.jsonl, hf/, stats.json).")] = DEFAULT_OUT,
+    out: Annotated[Path, typer.Option(help="Output folder (train/dev/test.jsonl, holdout.jsonl, hf/, stats.json).")] = DEFAULT_OUT,
     sources: Annotated[str | None, typer.Option(
         help="Comma-separated source names to include (default: all, including seed_synthetic).")] = None,
     commercial_only: Annotated[bool, typer.Option(
@@ -88,6 +88,13 @@ def build_cmd(
         f"({d['exact_duplicates']} exact + {d['near_duplicates']} near duplicates merged, "
         f"{d['conflicts_majority+union'] + d['conflicts_reviewer']} label conflicts resolved); "
         f"wrote {out} in {time.perf_counter() - started:.1f}s", highlight=False, soft_wrap=True)
+    held = stats.get("holdout", {})
+    parts = held.get("parts", {})
+    console.print(
+        f"held apart (holdout.jsonl, never trained or fitted on): {parts.get('dev_heldout', 0)} dev rows of "
+        f"{', '.join(held.get('dev_split_sources', [])) or 'no source'} + {parts.get('seed_heldout', 0)} "
+        f"hand-written seeds; dev.jsonl keeps {stats['rows_out']['dev']} rows (the fit part)",
+        highlight=False, soft_wrap=True)
 
 
 @data_app.command("cards")

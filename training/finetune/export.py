@@ -1,7 +1,10 @@
 """`shenhe export`: a finished run -> a verified model bundle (see models/bundle.py for the format).
 
 Steps: torch model -> fp32 ONNX -> INT8 ONNX; score dev (and test) with the INT8 model that ships;
-fit calibration and thresholds on those dev scores (so the thresholds are the shipped model's);
+fit calibration and thresholds on those dev scores (so the thresholds are the shipped model's). ``dev.jsonl``
+is the *fit* part of dev: ``shenhe data build`` moves the held-apart half of each large source's dev rows to
+``holdout.jsonl``, which export never reads, so `shenhe eval --data holdout.jsonl` measures thresholds on
+rows they were not fit on;
 check parity (fp32 ONNX vs torch, INT8 vs fp32); write metrics, policy, model card and hashes.
 The bundle is assembled in a temporary sibling directory and moved into place at the end.
 """
@@ -287,6 +290,11 @@ def _export(opts: ExportOptions, run_dir: Path) -> Path:
         if test is not None:
             metrics["test"] = judged.test_metrics
         metrics["operating_points"] = points_as_dicts(points)
+        held = data_dir / "holdout.jsonl"
+        metrics["fit"] = {  # what the calibration and thresholds saw; holdout.jsonl is never read here
+            "split": "dev", "texts": len(dev), "sources": dev.source_counts(),
+            "held_apart_file": str(held) if held.is_file() else None,
+        }
         metrics["parity"] = parity
         metrics["speed"] = _throughput(int8, windower, dev.texts)
         metrics["training"] = {k: info.get(k) for k in ("train_samples_per_second", "dev_macro_f1", "test_macro_f1")}
