@@ -338,6 +338,15 @@ def _insert_ignoring_duplicates(conn: Connection, rows: list[dict[str, Any]]) ->
         conn.execute(insert(review_items), rows)
 
 
+def _locked_item(conn: Connection, review_id: str) -> Any:
+    """The item's row, locked until the transaction ends (``SELECT ... FOR UPDATE``); 404 if absent."""
+    t = review_items
+    row = conn.execute(select(t).where(t.c.review_id == review_id).with_for_update()).mappings().first()
+    if row is None:
+        raise ReviewNotFound(f"no review item {review_id!r}")
+    return row
+
+
 class ReviewStore:
     """The review queue on one database."""
 
@@ -523,9 +532,7 @@ class ReviewStore:
         t = review_items
         try:
             with self.engine.begin() as conn:
-                row = conn.execute(select(t).where(t.c.review_id == review_id).with_for_update()).mappings().first()
-                if row is None:
-                    raise ReviewNotFound(f"no review item {review_id!r}")
+                row = _locked_item(conn, review_id)
                 if row["state"] == "decided":
                     raise ReviewConflict(f"review item {review_id} is already decided")
                 if row["lease_token"] != lease_token:
@@ -553,9 +560,7 @@ class ReviewStore:
         t = review_items
         try:
             with self.engine.begin() as conn:
-                row = conn.execute(select(t).where(t.c.review_id == review_id).with_for_update()).mappings().first()
-                if row is None:
-                    raise ReviewNotFound(f"no review item {review_id!r}")
+                row = _locked_item(conn, review_id)
                 if row["state"] == "decided":
                     if _ordered_labels(row["labels"] or []) == wanted:
                         return DecisionRecord(review_id, wanted, row["reviewer"], row["note"], _aware(row["decided_at"]))
@@ -604,9 +609,7 @@ class ReviewStore:
         t = review_items
         try:
             with self.engine.begin() as conn:
-                row = conn.execute(select(t).where(t.c.review_id == review_id).with_for_update()).mappings().first()
-                if row is None:
-                    raise ReviewNotFound(f"no review item {review_id!r}")
+                row = _locked_item(conn, review_id)
                 if row["state"] != "decided":
                     raise UndoRefused(f"review item {review_id} is not decided")
                 if row["reviewer"] != actor:

@@ -19,10 +19,17 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from serving.queue import ReviewStore
+    from serving.runtime import Runtime
 
 REPO = Path(__file__).resolve().parents[2]
 REVIEW_TERMS = ("傻逼", "废物")
@@ -268,3 +275,45 @@ def postgres_server(tiny_bundle: Path, serving_files: dict[str, Path], pg_base: 
     yield server
     server.stop()
     drop_pg_schema(pg_base, schema)
+
+
+# ---- fixtures shared by the test modules ---------------------------------------------------------
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def server(request: pytest.FixtureRequest) -> ServerProcess:
+    """The live service on each database backend (the module's tests run once per backend)."""
+    return request.getfixturevalue(f"{request.param}_server")
+
+
+@pytest.fixture(scope="module")
+def store(server: ServerProcess) -> Iterator[ReviewStore]:
+    from serving.queue import ReviewStore
+
+    s = ReviewStore(str(server.extra["db_url"]))
+    yield s
+    s.close()
+
+
+def inprocess_runtime(tiny_bundle: Path, files: dict[str, Path], tmp_path: Path, **settings: Any) -> Iterator[Runtime]:
+    """A Runtime on the tiny bundle and a fresh SQLite queue, installed in the /v1 app (no server)."""
+    from serving.api import app
+    from serving.config import ServingConfig
+    from serving.runtime import Runtime
+
+    rt = Runtime.start(ServingConfig.from_env({}, bundle=tiny_bundle, policy=files["policy"],
+                                              db_url=f"sqlite:///{tmp_path / 'q.db'}", ort_threads=1, **settings))
+    app.state.runtime = rt
+    yield rt
+    app.state.runtime = None
+    rt.close()
+
+
+def loopback_client() -> TestClient:
+    from fastapi.testclient import TestClient
+
+    from serving.api import app
+
+    return TestClient(app, client=("127.0.0.1", 40000))

@@ -19,21 +19,6 @@ from tests.serving.conftest import EVERYDAY, INSULT, KEYS, ServerProcess, auth
 
 pytestmark = pytest.mark.integration
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def server(request: pytest.FixtureRequest) -> ServerProcess:
-    return request.getfixturevalue(f"{request.param}_server")
-
-
-@pytest.fixture(scope="module")
-def store(server: ServerProcess):
-    s = ReviewStore(str(server.extra["db_url"]))
-    yield s
-    s.close()
-
-
 def classify(server: ServerProcess, items: list[dict], role: str = "classify",
              headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/classify", json={"items": items}, headers=headers or auth(role), timeout=60)

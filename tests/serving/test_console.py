@@ -22,21 +22,6 @@ from tests.serving.conftest import INSULT, KEYS, ServerProcess, auth
 
 pytestmark = pytest.mark.integration
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def server(request: pytest.FixtureRequest) -> ServerProcess:
-    return request.getfixturevalue(f"{request.param}_server")
-
-
-@pytest.fixture(scope="module")
-def store(server: ServerProcess):
-    s = ReviewStore(str(server.extra["db_url"]))
-    yield s
-    s.close()
-
-
 def uid() -> str:
     return uuid.uuid4().hex[:12]
 

@@ -10,30 +10,19 @@ import pytest
 from fastapi.testclient import TestClient
 
 from models.types import ModelInfo, Prediction, Reason
-from serving.config import ServingConfig
 from serving.live_precision import for_runtime
 from serving.runtime import Runtime
-from tests.serving.conftest import INSULT
+from tests.serving.conftest import INSULT, inprocess_runtime, loopback_client
 
 
 @pytest.fixture
 def runtime(tiny_bundle: Path, serving_files: dict[str, Path], tmp_path: Path) -> Iterator[Runtime]:
-    from serving.api import app
-
-    rt = Runtime.start(ServingConfig.from_env({}, bundle=tiny_bundle, policy=serving_files["policy"],
-                                              db_url=f"sqlite:///{tmp_path / 'q.db'}", ort_threads=1,
-                                              audit_block_share=1.0))
-    app.state.runtime = rt
-    yield rt
-    app.state.runtime = None
-    rt.close()
+    yield from inprocess_runtime(tiny_bundle, serving_files, tmp_path, audit_block_share=1.0)
 
 
 @pytest.fixture
 def client(runtime: Runtime) -> TestClient:
-    from serving.api import app
-
-    return TestClient(app, client=("127.0.0.1", 40000))
+    return loopback_client()
 
 
 def test_keyless_console_is_open_to_loopback(client: TestClient) -> None:

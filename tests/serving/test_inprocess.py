@@ -16,31 +16,21 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.batcher import QueueFull
-from serving.config import ServingConfig
 from serving.queue import ReviewStore
 from serving.runtime import Runtime
-from tests.serving.conftest import EVERYDAY, INSULT, REPO
+from tests.serving.conftest import EVERYDAY, INSULT, REPO, inprocess_runtime, loopback_client
 
 TEXTS = [INSULT, EVERYDAY, "", "废物", "這是繁體字", "😀" * 3, EVERYDAY * 40]
 
 
 @pytest.fixture
 def runtime(tiny_bundle: Path, serving_files: dict[str, Path], tmp_path: Path) -> Iterator[Runtime]:
-    from serving.api import app
-
-    rt = Runtime.start(ServingConfig.from_env({}, bundle=tiny_bundle, policy=serving_files["policy"],
-                                              db_url=f"sqlite:///{tmp_path / 'q.db'}", ort_threads=1))
-    app.state.runtime = rt
-    yield rt
-    app.state.runtime = None
-    rt.close()
+    yield from inprocess_runtime(tiny_bundle, serving_files, tmp_path)
 
 
 @pytest.fixture
 def client(runtime: Runtime) -> TestClient:
-    from serving.api import app
-
-    return TestClient(app, client=("127.0.0.1", 40000))
+    return loopback_client()
 
 
 def test_scheduler_matches_predictor_under_concurrency(runtime: Runtime) -> None:
