@@ -50,7 +50,7 @@ def test_keyless_console_is_open_to_loopback(client: TestClient) -> None:
 
 def test_auto_blocks_are_queued_as_audit_items(runtime: Runtime, client: TestClient,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    async def block_everything(texts: list[str]) -> list[Prediction]:
+    async def block_everything(texts: list[str], disconnected: object = None) -> list[Prediction]:
         return [Prediction(scores={"rumor": 0.99}, decision="block", categories=["rumor"],
                            reasons=[Reason("rumor", "block", 0.99, 0.9, (0, len(t)))], matches=[],
                            model=ModelInfo("tiny", "0"), policy_version="p") for t in texts]

@@ -17,7 +17,7 @@ from tests.serving.conftest import EVERYDAY, ServerProcess, free_port, server_en
 # or a disconnect lands while most of its windows still wait.
 SLOW = {"SHENHE_BATCH_MAX_WINDOWS": "1", "SHENHE_BATCH_WAIT_MS": "0", "SHENHE_REQUEST_TIMEOUT_S": "0.3",
         "SHENHE_MAX_REQUEST_TOKENS": "10000000"}
-MANY = {"items": [{"id": str(i), "text": f"{EVERYDAY}{i}" * 12} for i in range(256)]}  # thousands of windows
+MANY = {"items": [{"id": str(i), "text": f"{EVERYDAY}{i}" * 40} for i in range(256)]}  # thousands of windows
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 from tests.serving.conftest import REPO, ServerProcess, free_port, server_env
 
 DEFAULT = REPO / "models" / "default"
-DOC = REPO / "docs" / "readme" / "50-serving.md"
+DOC = REPO / "docs" / "serving.md"
 
 pytestmark = [
     pytest.mark.integration,

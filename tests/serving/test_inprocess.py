@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -51,10 +52,17 @@ def test_scheduler_matches_predictor_under_concurrency(runtime: Runtime) -> None
         return [[p.scores for p in preds] for preds in results]
 
     got = asyncio.run(all_at_once())
+    offline = {t: p for t, p in zip(TEXTS, predictor.predict(TEXTS), strict=True)}
+    vectors = {t: np.array(list(p.scores.values())) for t, p in offline.items()}
     for request, scores in zip(requests, got, strict=True):
-        expected = [p.scores for p in predictor.predict(request)]
-        for a, b in zip(scores, expected, strict=True):  # batch neighbours may move INT8 scores a hair
-            assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-3 for k in a)
+        for text, s in zip(request, scores, strict=True):
+            own = np.array(list(s.values()))
+            # Dynamic INT8 lets batch neighbours move a score a little, never towards another text's scores.
+            assert np.abs(own - vectors[text]).max() < 0.05
+            nearest = min(TEXTS, key=lambda t: float(np.abs(own - vectors[t]).sum()))
+            assert nearest == text or np.allclose(vectors[nearest], vectors[text])
+    decided = asyncio.run(runtime.scheduler.predict(TEXTS))
+    assert [p.decision for p in decided] == [offline[t].decision for t in TEXTS]
 
 
 def test_queue_full_is_503_with_retry_after(runtime: Runtime, client: TestClient,
