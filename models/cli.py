@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +14,7 @@ from rich.table import Table
 
 from models.bundle import POLICY_FILE, BundleError, load_bundle
 from models.normalize import normalize
-from models.policy import POLICY_ENV, Policy, PolicyError, load_policy
+from models.policy import POLICY_ENV, Policy, PolicyError, Term, load_policy
 from shenhe.errors import cli_errors
 
 policy_app = typer.Typer(help="Inspect the Article 9 policy (categories, thresholds, word lists).", no_args_is_help=True)
@@ -60,9 +61,21 @@ def policy_show(
         block = f"{c.block_threshold:.3f}" if c.can_block else f"{c.block_threshold:.3f} (never)"
         table.add_row(
             str(c.id), c.slug, c.article_text, c.gloss, f"{c.review_threshold:.3f}", block,
-            "yes" if c.trained else "no", str(len(c.terms)),
+            "yes" if c.trained else "no", _terms_cell(c.terms),
         )
     Console(width=200).print(table)
+    expired = [(c.slug, t) for c in pol.categories for t in c.terms if t.expired()]
+    for slug, t in expired:
+        print(f"expired word-list entry (ignored): {t.term} ({slug}, expired {t.expires})")
+
+
+def _terms_cell(terms: tuple[Term, ...]) -> str:
+    live = [t for t in terms if not t.expired()]
+    actions = Counter(t.action for t in live if t.action)
+    extra = [f"{n} {a}" for a, n in sorted(actions.items())]
+    if len(live) < len(terms):
+        extra.append(f"{len(terms) - len(live)} expired")
+    return str(len(live)) + (f" ({', '.join(extra)})" if extra else "")
 
 
 def normalize_cmd(

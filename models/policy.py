@@ -7,11 +7,20 @@ Policy is data. The shipped file is ``models/policy.yaml``; an operator's own fi
 from __future__ import annotations
 
 import os
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 SHIPPED_POLICY = Path(__file__).with_name("policy.yaml")
 POLICY_ENV = "SHENHE_POLICY"
@@ -34,6 +43,57 @@ class PolicyError(ValueError):
     """A policy file that cannot be used. ``str(err)`` is a one-line, user-facing reason."""
 
 
+TermAction = Literal["explain", "review", "block", "allow"]
+
+
+def today_utc() -> date:
+    return datetime.now(UTC).date()
+
+
+class Term(BaseModel):
+    """One word-list entry. In YAML either a plain string (all defaults) or a mapping:
+    ``{term: 炸药, action: block, expires: 2027-01-01, pinyin: false, split: false}``.
+
+    ``action``: ``explain`` (reported only), ``review`` (routes the text to review), ``block`` (blocks the
+    text on an exact or split-character hit; a homophone-only hit routes to review), ``allow`` (an exact
+    phrase, e.g. a brand name, that removes this category's model review/block flag); unset = the
+    category's ``term_action``. ``expires``: the entry stops applying on that date (UTC).
+    ``pinyin``: also match homophones and pinyin spellings. ``split``: also match the characters split by
+    spaces or symbols. Allow entries match the exact phrase only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    term: str
+    action: TermAction | None = None
+    expires: date | None = None
+    pinyin: bool = True
+    split: bool = True
+
+    @field_validator("term")
+    @classmethod
+    def _non_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("terms must be non-empty strings")
+        return v
+
+    def expired(self, today: date | None = None) -> bool:
+        return self.expires is not None and (today or today_utc()) >= self.expires
+
+    @model_serializer(mode="plain")
+    def _compact(self) -> str | dict[str, Any]:
+        """A plain string when every option is the default (keeps policy files short)."""
+        out: dict[str, Any] = {"term": self.term}
+        if self.action is not None:
+            out["action"] = self.action
+        if self.expires is not None:
+            out["expires"] = self.expires
+        if not self.pinyin:
+            out["pinyin"] = False
+        if not self.split:
+            out["split"] = False
+        return self.term if len(out) == 1 else out
+
+
 class Category(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -45,9 +105,10 @@ class Category(BaseModel):
     review_threshold: float = Field(ge=0.0, le=1.0)
     block_threshold: float = Field(ge=0.0, le=1.0)
     trained: bool
-    # Words reported as explanations (with positions); `term_action: review` also routes a hit to review.
-    terms: tuple[str, ...] = ()
-    term_action: Literal["explain", "review"] = "explain"
+    # Word list (see Term). Hits are reported with positions; `term_action` is the default action of an
+    # entry without its own: explain (report only), review (route to review) or block.
+    terms: tuple[Term, ...] = ()
+    term_action: Literal["explain", "review", "block"] = "explain"
     # Set by training when the block target could not be met on dev: this category never auto-blocks.
     auto_block: bool = True
 
@@ -58,12 +119,15 @@ class Category(BaseModel):
             raise ValueError(f"unknown category slug {v!r}; expected one of {', '.join(CATEGORY_SLUGS)}")
         return v
 
-    @field_validator("terms")
+    @field_validator("terms", mode="before")
     @classmethod
-    def _non_empty_terms(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not t.strip() for t in v):
-            raise ValueError("terms must be non-empty strings")
+    def _plain_strings_are_terms(cls, v: object) -> object:
+        if isinstance(v, list | tuple):
+            return [{"term": t} if isinstance(t, str) else t for t in v]
         return v
+
+    def term_action_of(self, term: Term) -> str:
+        return term.action or self.term_action
 
     @model_validator(mode="after")
     def _review_below_block(self) -> Category:
@@ -130,9 +194,8 @@ class Policy(BaseModel):
 
     def with_updates(self, updates: dict[str, dict[str, object]], version: str | None = None) -> Policy:
         """A copy with some category fields replaced (used by training to write chosen thresholds)."""
-        cats = [c.model_copy(update=updates.get(c.slug, {})) for c in self.categories]
         data = self.model_dump()
-        data["categories"] = [Category.model_validate(c.model_dump()).model_dump() for c in cats]
+        data["categories"] = [{**c.model_dump(), **updates.get(c.slug, {})} for c in self.categories]
         if version:
             data["version"] = version
         return Policy.model_validate(data)

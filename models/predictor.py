@@ -18,7 +18,8 @@ from models.bundle import Bundle, BundleError, check_policy_fits, load_bundle
 from models.cores import default_threads
 from models.normalize import Normalized, normalize
 from models.policy import CATEGORY_SLUGS, Policy, load_policy
-from models.types import Decision, ModelInfo, Prediction, Reason, TermMatch
+from models.terms import TermMatcher
+from models.types import Decision, ModelInfo, Prediction, Reason
 from models.windowing import Window, WindowTokenizer, max_over_windows, score_windows
 
 SPIN_ENV = "SHENHE_ORT_SPINNING"
@@ -36,39 +37,6 @@ class Prepared:
     def tokens(self) -> int:
         """Tokens the model will compute for these texts (window overlaps counted)."""
         return sum(len(w.ids) for w in self.windows)
-
-
-class TermMatcher:
-    """Word-list hits (pyahocorasick) over lower-cased normalised text, reported in original positions."""
-
-    def __init__(self, policy: Policy) -> None:
-        import ahocorasick
-
-        self._automaton = ahocorasick.Automaton()
-        entries: dict[str, list[tuple[str, str]]] = {}
-        for cat in policy.categories:
-            for term in cat.terms:
-                key = normalize(term).text.lower()
-                if key:
-                    entries.setdefault(key, []).append((cat.slug, term))
-        for key, owners in entries.items():
-            self._automaton.add_word(key, (len(key), owners))
-        self._empty = not entries
-        if not self._empty:
-            self._automaton.make_automaton()
-
-    def find(self, norm: Normalized) -> list[TermMatch]:
-        if self._empty or not norm.text:
-            return []
-        hay = norm.text.lower()
-        if len(hay) != len(norm.text):  # a few characters change length when lower-cased; keep positions exact
-            hay = "".join(c.lower() if len(c.lower()) == 1 else c for c in norm.text)
-        out: list[TermMatch] = []
-        for end, (length, owners) in self._automaton.iter(hay):
-            start, stop = norm.to_original_span(end - length + 1, end + 1)
-            out.extend(TermMatch(category=slug, term=term, start=start, end=stop) for slug, term in owners)
-        out.sort(key=lambda m: (m.start, m.end, m.category))
-        return out
 
 
 class Predictor:
@@ -202,15 +170,34 @@ class Predictor:
                 reviewed.append(slug)
                 reasons.append(Reason(slug, "review", s, float(self._review_t[c]), tuple(spans[c])))
         matches = self._terms.find(norm)
+        # Allow-list phrases remove their category's model flag (kept as an `allow` reason).
         for m in matches:
-            cat = self.policy.category(m.category)
-            if cat.term_action == "review" and m.category not in blocked and m.category not in reviewed:
+            if m.action != "allow" or not any(r.category == m.category and r.kind in ("block", "review")
+                                              for r in reasons):
+                continue
+            flag = next(r for r in reasons if r.category == m.category and r.kind in ("block", "review"))
+            reasons = [r for r in reasons if r is not flag]
+            reasons.append(Reason(m.category, "allow", flag.score, flag.threshold, (m.start, m.end), flag.kind))
+            (blocked if flag.kind == "block" else reviewed).remove(m.category)
+        # Operator word lists: a block entry blocks (an operator's rule, so also on categories the model
+        # cannot block); a review entry routes to review. One reason per category.
+        for m in matches:
+            if m.action not in ("review", "block") or m.category in blocked:
+                continue
+            c = CATEGORY_SLUGS.index(m.category)
+            threshold = float(self._block_t[c] if m.action == "block" else self._review_t[c])
+            if m.action == "block":
+                if m.category in reviewed:
+                    reviewed.remove(m.category)
+                blocked.append(m.category)
+            elif m.category in reviewed:
+                continue
+            else:
                 reviewed.append(m.category)
-                c = CATEGORY_SLUGS.index(m.category)
-                reasons.append(Reason(m.category, "term", float(scores[c]), float(self._review_t[c]), (m.start, m.end)))
+            reasons.append(Reason(m.category, "term", float(scores[c]), threshold, (m.start, m.end), m.action))
         decision: Decision
         if blocked:
-            decision, categories = "block", blocked
+            decision, categories = "block", [s for s in CATEGORY_SLUGS if s in blocked]
         elif reviewed:
             decision, categories = "review", [s for s in CATEGORY_SLUGS if s in reviewed]
         else:

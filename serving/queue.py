@@ -441,10 +441,10 @@ class ReviewStore:
                 "scores": {k: float(v) for k, v in p.scores.items()},
                 "categories": list(p.categories),
                 "reasons": [{"category": r.category, "kind": r.kind, "score": float(r.score),
-                             "threshold": float(r.threshold), "span": [int(r.span[0]), int(r.span[1])]}
-                            for r in p.reasons],
-                "matches": [{"category": m.category, "term": m.term, "start": m.start, "end": m.end}
-                            for m in p.matches],
+                             "threshold": float(r.threshold), "span": [int(r.span[0]), int(r.span[1])],
+                             "action": r.action} for r in p.reasons],
+                "matches": [{"category": m.category, "term": m.term, "start": m.start, "end": m.end,
+                             "action": m.action, "via": m.via} for m in p.matches],
                 "model_name": p.model.name,
                 "model_version": p.model.version,
                 "policy_version": p.policy_version,

@@ -43,12 +43,15 @@ class ClassifyRequest(BaseModel):
 
 class ReasonOut(BaseModel):
     category: str
-    kind: Literal["block", "review", "term"] = Field(
-        description="block/review: the calibrated score crossed that threshold; term: a word-list hit routed to review")
+    kind: Literal["block", "review", "term", "allow"] = Field(
+        description="block/review: the calibrated score crossed that threshold; term: a word-list hit with action "
+                    "review or block (span: the hit); allow: an allow-list phrase (span) removed this category's "
+                    "model flag")
     score: float
     threshold: float
     span: tuple[int, int] = Field(
         description="character span [start, end) in your original text of the window that produced the score")
+    action: str | None = Field(None, description="term: review or block; allow: the model flag removed (review or block)")
 
 
 class MatchOut(BaseModel):
@@ -56,6 +59,9 @@ class MatchOut(BaseModel):
     term: str
     start: int
     end: int
+    action: str = Field("explain", description="explain, review, block or allow")
+    via: str = Field("exact", description="exact; split (characters split by spaces or symbols); pinyin (homophone "
+                                          "or pinyin spelling)")
 
 
 class ModelRef(BaseModel):
@@ -80,8 +86,9 @@ class ItemResult(BaseModel):
             scores={k: float(v) for k, v in p.scores.items()},
             categories=list(p.categories),
             reasons=[ReasonOut(category=r.category, kind=r.kind, score=float(r.score), threshold=float(r.threshold),
-                               span=(int(r.span[0]), int(r.span[1]))) for r in p.reasons],
-            matches=[MatchOut(category=m.category, term=m.term, start=m.start, end=m.end) for m in p.matches],
+                               span=(int(r.span[0]), int(r.span[1])), action=r.action) for r in p.reasons],
+            matches=[MatchOut(category=m.category, term=m.term, start=m.start, end=m.end, action=m.action, via=m.via)
+                     for m in p.matches],
             review_id=review_id,
         )
 

@@ -87,24 +87,32 @@ def _print_prediction(text: str, pred: Any, policy: Any) -> None:
     for col, justify in (("category", "left"), ("score", "right"), ("review ≥", "right"), ("block ≥", "right"),
                          ("", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    hit = {r.category: r.kind for r in pred.reasons}
+    hit = {r.category: (f"term_{r.action}" if r.kind == "term" else r.kind) for r in pred.reasons}
     for slug in CATEGORY_SLUGS:
         cat = policy.category(slug)
         if not cat.trained:
             table.add_row(slug, "–", "–", "–", "[dim]untrained[/]")
             continue
         block = f"{cat.block_threshold:.3f}" if cat.can_block else "never"
-        mark = {"block": "[red]block[/]", "review": "[yellow]review[/]", "term": "[yellow]review (word list)[/]"}
+        mark = {"block": "[red]block[/]", "review": "[yellow]review[/]", "term_review": "[yellow]review (word list)[/]",
+                "term_block": "[red]block (word list)[/]", "allow": "[green]allowed (allow list)[/]"}
         table.add_row(slug, f"{pred.scores[slug]:.3f}", f"{cat.review_threshold:.3f}", block, mark.get(hit.get(slug, ""), ""))
     console.print(table)
     for r in pred.reasons:
+        if r.kind in ("term", "allow"):
+            what = (f"word list: {r.action}" if r.kind == "term" else f"allow list removed the model's {r.action}")
+            console.print(f"reason: {r.category} {what}, text [{r.span[0]}, {r.span[1]}): "
+                          f"{text[r.span[0]: r.span[1]]}", markup=False)
+            continue
         excerpt = text[r.span[0]: r.span[1]]
         if len(excerpt) > 60:
             excerpt = excerpt[:28] + " … " + excerpt[-28:]
         console.print(f"reason: {r.category} {r.kind} score {r.score:.3f} ≥ {r.threshold:.3f}, "
                       f"text [{r.span[0]}, {r.span[1]}): {excerpt}", markup=False)
     for m in pred.matches:
-        console.print(f"word list: {m.term} ({m.category}) at [{m.start}, {m.end})", markup=False)
+        how = "" if m.via == "exact" else f", {m.via}"
+        console.print(f"word list: {m.term} ({m.category}, {m.action}{how}) at [{m.start}, {m.end}): "
+                      f"{text[m.start: m.end]}", markup=False)
 
 
 def classify_cmd(

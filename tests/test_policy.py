@@ -77,3 +77,40 @@ def test_with_updates_roundtrips_through_yaml() -> None:
     assert again.category("rumor").review_threshold == 0.31
     assert again.category("rumor").can_block is False
     assert again == pol
+
+
+def _with_terms(slug: str, terms: list) -> str:  # type: ignore[type-arg]
+    data = _shipped()
+    for c in data["categories"]:
+        if c["slug"] == slug:
+            c["terms"] = terms
+    return yaml.safe_dump(data, allow_unicode=True)
+
+
+def test_term_entries_plain_strings_and_mappings() -> None:
+    pol = parse_policy(_with_terms("insult_defamation", [
+        "傻逼", {"term": "某品牌", "action": "allow"},
+        {"term": "炸药", "action": "block", "expires": "2027-01-01", "pinyin": False}]))
+    plain, allow, block = pol.category("insult_defamation").terms
+    assert (plain.term, plain.action, plain.pinyin, plain.split, plain.expires) == ("傻逼", None, True, True, None)
+    assert allow.action == "allow"
+    assert block.action == "block" and str(block.expires) == "2027-01-01" and block.pinyin is False
+    from datetime import date
+    assert not block.expired(date(2026, 12, 31)) and block.expired(date(2027, 1, 1))
+    # Round trip: plain entries stay plain strings in the written YAML, options are kept.
+    written = pol.to_yaml()
+    assert "- 傻逼\n" in written
+    assert parse_policy(written) == pol
+
+
+@pytest.mark.parametrize(("entry", "expected"), [
+    ({"term": "x", "action": "ban"}, "action"),
+    ({"term": "  "}, "terms must be non-empty strings"),
+    ({"term": "x", "expires": "soon"}, "expires"),
+    ({"term": "x", "colour": "red"}, "colour"),
+    ("", "terms must be non-empty strings"),
+])
+def test_bad_term_entry_is_named(entry: object, expected: str) -> None:
+    with pytest.raises(PolicyError) as err:
+        parse_policy(_with_terms("rumor", [entry]), source="p.yaml")
+    assert "rumor" in str(err.value) and "terms" in str(err.value) and expected in str(err.value)

@@ -58,3 +58,42 @@ def test_cards_command_updates_then_checks(tmp_path: Path, raw_dir: Path, seed_d
     cold = (cards / "COLD.md").read_text(encoding="utf-8")
     ethnic = json.loads(stats.read_text(encoding="utf-8"))["sources"]["COLD"]["rows"]["train"]["ethnic_hatred"]
     assert f"| ethnic_hatred | {ethnic} |" in cold and "stale" not in cold
+
+
+def test_extra_builds_without_the_raw_folder(tmp_path: Path, seed_dir: Path, extra_file: Path) -> None:
+    """`shenhe review export` then `shenhe data build --extra FILE` on a machine without ../shared/data."""
+    out = tmp_path / "o"
+    res = runner.invoke(app, ["data", "build", "--raw", str(tmp_path / "nope"), "--out", str(out), "--seed-dir",
+                              str(seed_dir), "--extra", str(extra_file), "--no-hf", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "does not exist: building from seed_synthetic and --extra only" in res.output
+    rows = [json.loads(line) for split in ("train", "dev") for line in (out / f"{split}.jsonl").open(encoding="utf-8")]
+    extra_texts = {json.loads(line)["text"] for line in extra_file.open(encoding="utf-8") if line.strip()}
+    assert extra_texts & {r["text"] for r in rows}
+    assert (out / "test.jsonl").stat().st_size == 0  # no public data: no test rows
+
+
+def test_missing_extra_file_is_a_one_line_error(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["data", "build", "--raw", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
+                              "--extra", str(tmp_path / "labels.jsonl")])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [f"error: --extra file {tmp_path / 'labels.jsonl'} not found "
+                                               "(export reviewer labels with `shenhe review export`)"]
+
+
+def test_without_datasets_hf_is_skipped_or_a_one_line_error(tmp_path: Path, seed_dir: Path, extra_file: Path,
+                                                            monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now fails, as in the serving env
+    args = ["data", "build", "--raw", str(tmp_path / "nope"), "--seed-dir", str(seed_dir), "--extra", str(extra_file),
+            "--no-progress"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "not writing" in res.output and "datasets package is not installed" in res.output
+    assert (tmp_path / "a" / "train.jsonl").is_file() and not (tmp_path / "a" / "hf").exists()
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--hf"])
+    assert res.exit_code == 2
+    (line,) = res.output.strip().splitlines()
+    assert line.startswith("error: --hf needs the datasets package") and "pip install -e '.[train]'" in line
+    assert not (tmp_path / "b").exists()

@@ -75,7 +75,8 @@ def test_classify_insult_reviewed_everyday_passes(server: ServerProcess, tiny_bu
     assert list(insult["scores"]) == list(CATEGORY_SLUGS)
     assert all(0.0 <= v <= 1.0 for v in insult["scores"].values())
     start = INSULT.index("傻逼")
-    assert insult["matches"] == [{"category": "insult_defamation", "term": "傻逼", "start": start, "end": start + 2}]
+    assert insult["matches"] == [{"category": "insult_defamation", "term": "傻逼", "start": start, "end": start + 2,
+                                  "action": "review", "via": "exact"}]
     (reason,) = insult["reasons"]
     assert reason["category"] == "insult_defamation" and reason["kind"] == "term"
     assert reason["span"] == [start, start + 2]

@@ -195,3 +195,60 @@ def test_predictor_imports_neither_torch_nor_transformers(tiny_bundle: Path) -> 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "", f"predictor pulled in: {out.stdout.strip()}"
+
+
+def _scores(**by_slug: float) -> np.ndarray:
+    return np.array([by_slug.get(s, 0.0) for s in CATEGORY_SLUGS])
+
+
+def _with_lists(predictor: Predictor, updates: dict[str, dict[str, object]]) -> None:
+    base = predictor.bundle.policy
+    predictor.set_policy(base.with_updates({slug: {"review_threshold": 0.5, "block_threshold": 0.9, "auto_block": True, **u}
+                                            for slug, u in updates.items()}))
+
+
+def test_allow_phrase_removes_the_model_flag_and_says_so(predictor: Predictor) -> None:
+    _with_lists(predictor, {"insult_defamation": {"terms": [{"term": "傻白甜", "action": "allow"}]}})
+    try:
+        text = "新品：傻白甜奶茶"
+        p = predictor.decide(text, _scores(insult_defamation=0.95))
+        flagged = predictor.decide("新品奶茶", _scores(insult_defamation=0.95))
+        other = predictor.decide(text, _scores(insult_defamation=0.95, rumor=0.6))
+    finally:
+        predictor.set_policy(predictor.bundle.policy)
+    assert flagged.decision == "block"  # without the phrase the model flag stands
+    assert p.decision == "pass" and p.categories == []
+    (allow,) = p.reasons
+    assert (allow.kind, allow.category, allow.action) == ("allow", "insult_defamation", "block")
+    assert text[allow.span[0]: allow.span[1]] == "傻白甜"
+    assert other.decision == "review" and other.categories == ["rumor"]  # other categories are untouched
+
+
+def test_block_entry_blocks_and_homophone_of_it_reviews(predictor: Predictor) -> None:
+    # constitution is untrained: the model never blocks it, but an operator's listed word does.
+    _with_lists(predictor, {"constitution": {"terms": [{"term": "炸药", "action": "block"}]},
+                            "rumor": {"terms": ["谣言"], "term_action": "review"}})
+    try:
+        text = "教你做炸*药"
+        p = predictor.decide(text, _scores())
+        homophone = predictor.decide("教你做诈药", _scores())
+        review = predictor.decide("这是谣 言吧", _scores())
+    finally:
+        predictor.set_policy(predictor.bundle.policy)
+    assert p.decision == "block" and p.categories == ["constitution"]
+    (r,) = p.reasons
+    assert (r.kind, r.action) == ("term", "block") and text[r.span[0]: r.span[1]] == "炸*药"
+    assert homophone.decision == "review" and homophone.reasons[0].action == "review"
+    assert homophone.matches[0].via == "pinyin"
+    assert review.decision == "review" and review.categories == ["rumor"]
+    assert "这是谣 言吧"[review.matches[0].start: review.matches[0].end] == "谣 言"
+
+
+def test_expired_block_entry_no_longer_blocks(predictor: Predictor) -> None:
+    _with_lists(predictor, {"other_illegal": {"terms": [{"term": "代开发票", "action": "block",
+                                                          "expires": "2020-01-01"}]}})
+    try:
+        p = predictor.decide("代开发票联系我", _scores())
+    finally:
+        predictor.set_policy(predictor.bundle.policy)
+    assert p.decision == "pass" and p.matches == []

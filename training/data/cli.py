@@ -14,6 +14,16 @@ from shenhe.errors import UserError, cli_errors
 
 DEFAULT_RAW = Path("../shared/data")
 DEFAULT_OUT = Path("data/build")
+INSTALL_TRAIN = "pip install -e '.[train]' (or make install-dev)"
+
+
+def datasets_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("datasets") is not None
+    except (ImportError, ValueError):
+        return False
 
 data_app = typer.Typer(help="Build the training corpus from the public sources.", no_args_is_help=True)
 
@@ -52,7 +62,9 @@ def build_cmd(
         "--extra", help="Extra labelled JSONL ({id,text,labels,source}), e.g. reviewer labels; "
                         "joins train/dev, wins label conflicts. Repeatable.")] = None,
     seed_dir: Annotated[Path | None, typer.Option(help="Folder of synthetic seed *.jsonl (default: shipped).")] = None,
-    hf: Annotated[bool, typer.Option(help="Also write the Hugging Face DatasetDict to OUT/hf.")] = True,
+    hf: Annotated[bool | None, typer.Option(
+        help="Also write the Hugging Face DatasetDict to OUT/hf (default: when the datasets package is installed).",
+        show_default=False)] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars on stderr.")] = True,
 ) -> None:
     """Read every source, deduplicate, resolve label conflicts, split, and write the corpus."""
@@ -60,12 +72,31 @@ def build_cmd(
 
     from training.data.build import DEFAULT_SEED_DIR, BuildConfig, BuildError, build
 
-    if not raw.is_dir():
-        raise UserError(f"raw data folder {raw} does not exist (expected one sub-folder per source)")
+    from training.data.sources import SEED_SPEC
+
+    err = Console(stderr=True)
+    if hf is None:
+        hf = datasets_installed()
+        if not hf:
+            err.print(f"note: not writing {out / 'hf'}: the datasets package is not installed ({INSTALL_TRAIN}); "
+                      "the JSONL splits are complete without it", highlight=False, soft_wrap=True)
+    elif hf and not datasets_installed():
+        raise UserError(f"--hf needs the datasets package, which is not installed: {INSTALL_TRAIN}, or use --no-hf")
     names = tuple(n.strip() for n in sources.split(",") if n.strip()) if sources else None
+    for path in extra or ():
+        if not path.is_file():
+            raise UserError(f"--extra file {path} not found (export reviewer labels with `shenhe review export`)")
+    if not raw.is_dir():
+        if not extra:
+            raise UserError(f"raw data folder {raw} does not exist (expected one sub-folder per source); "
+                            "give --raw DIR, or --extra FILE to build from the seed set and your labelled rows only")
+        if names is None:
+            names = (SEED_SPEC.name,)
+        err.print(f"note: raw data folder {raw} does not exist: building from "
+                  f"{', '.join(names)} and --extra only (no public data, so no test rows)", highlight=False,
+                  soft_wrap=True)
     config = BuildConfig(raw=raw, out=out, sources=names, commercial_only=commercial_only,
                          extra=tuple(extra or ()), seed_dir=seed_dir or DEFAULT_SEED_DIR, write_hf=hf)
-    err = Console(stderr=True)
     started = time.perf_counter()
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
