@@ -7,6 +7,7 @@ maximum over windows -> policy thresholds and word lists -> :class:`models.types
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,6 +95,13 @@ class Predictor:
         self._reviewable = trained.copy()
         self._block_t = np.array([c.block_threshold for c in policy.categories])
         self._review_t = np.array([c.review_threshold for c in policy.categories])
+
+    def with_policy(self, policy: Policy) -> Predictor:
+        """A copy sharing this one's model session and tokenizer, deciding by ``policy`` (this one unchanged,
+        so a request already scoring with it keeps its policy)."""
+        clone = copy.copy(self)
+        clone.set_policy(policy)
+        return clone
 
     # -- scoring -------------------------------------------------------------------------------------
 

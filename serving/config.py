@@ -36,6 +36,7 @@ _ENV_FIELDS = {
     "max_request_tokens": "SHENHE_MAX_REQUEST_TOKENS",
     "lease_seconds": "SHENHE_LEASE_SECONDS",
     "request_timeout_s": "SHENHE_REQUEST_TIMEOUT_S",
+    "reload_interval_s": "SHENHE_RELOAD_INTERVAL_S",
     # review console (issue 18)
     "allowed_hosts": "SHENHE_ALLOWED_HOSTS",
     "second_opinion_share": "SHENHE_SECOND_OPINION_SHARE",
@@ -85,6 +86,9 @@ class ServingConfig(BaseModel):
     # Our deadline for scoring a request (504 in our error format after it); BentoML's own timeout is set
     # a little longer so that ours always answers first.
     request_timeout_s: float = Field(30, gt=0, le=3600)
+    # Hot reload (serving/reload.py): how often each worker checks its bundle and policy files for a
+    # change (0: no watching; POST /v1/admin/reload and SIGHUP still reload).
+    reload_interval_s: float = Field(2.0, ge=0, le=3600)
     # Review console and hardening (issue 18).
     # Host names the service answers to, comma-separated ("*" = any); None: loopback names only.
     allowed_hosts: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from serving.queue import NewReviewItem, ReviewStore
 if TYPE_CHECKING:
     from models.predictor import Predictor
     from models.types import Prediction
+    from serving.reload import Reloader
 
 
 class TokenBudgetExceeded(Exception):
@@ -56,22 +58,55 @@ class Scheduler:
                                                   max_call_tokens=config.batch_call_tokens,
                                                   wait_ms=config.batch_wait_ms,
                                                   queue_max_tokens=config.queue_max_tokens))
+        # Hot reload (serving/reload.py): requests in flight on this scheduler, and the scheduler that took
+        # over from this one (a request arriving here after the swap is passed on to it).
+        self._state = threading.Condition()
+        self._inflight = 0
+        self._successor: Scheduler | None = None
 
     async def predict(self, texts: Sequence[str], disconnected: asyncio.Event | None = None,
                       timeout_s: float | None = None) -> list[Prediction]:
+        with self._state:
+            successor = self._successor
+            if successor is None:
+                self._inflight += 1
+        if successor is not None:
+            return await successor.predict(texts, disconnected, timeout_s)
+        try:
+            return await self._predict(self.predictor, texts, disconnected, timeout_s)
+        finally:
+            with self._state:
+                self._inflight -= 1
+                self._state.notify_all()
+
+    async def _predict(self, predictor: Predictor, texts: Sequence[str], disconnected: asyncio.Event | None,
+                       timeout_s: float | None) -> list[Prediction]:
+        """One request on one predictor throughout (a policy swap replaces ``self.predictor``, never mutates it)."""
         started = time.monotonic()
         timeout = float(timeout_s if timeout_s is not None else self.config.request_timeout_s)
         self.batcher.expect(1)  # a batch forming now may wait a moment for this request
         try:
-            prepared = await anyio.to_thread.run_sync(self.predictor.prepare, list(texts))
+            prepared = await anyio.to_thread.run_sync(predictor.prepare, list(texts))
         finally:
             self.batcher.expect(-1)
         if prepared.tokens > self.config.max_request_tokens:
             raise TokenBudgetExceeded(prepared.tokens, self.config.max_request_tokens)
         logits = await self.batcher.score(prepared.windows, timeout - (time.monotonic() - started), disconnected)
         if len(texts) <= 8:  # a few texts: deciding inline is cheaper than a thread hop
-            return self.predictor.finish(prepared, logits)
-        return await anyio.to_thread.run_sync(self.predictor.finish, prepared, logits)
+            return predictor.finish(prepared, logits)
+        return await anyio.to_thread.run_sync(predictor.finish, prepared, logits)
+
+    def retire(self, successor: Scheduler, drain_s: float) -> int:
+        """Hand new requests to ``successor``, wait (up to ``drain_s``) for the requests in flight here to
+        finish on this scheduler's model, then close it. Returns how many were still in flight at the end."""
+        deadline = time.monotonic() + drain_s
+        with self._state:
+            self._successor = successor
+            while self._inflight and time.monotonic() < deadline:
+                self._state.wait(timeout=max(0.0, deadline - time.monotonic()))
+            left = self._inflight
+        self.batcher.close()
+        return left
 
     def close(self) -> None:
         self.batcher.close()
@@ -86,6 +121,7 @@ class Runtime:
     metrics: Metrics
     scheduler: Scheduler
     logger: logging.Logger
+    reloader: Reloader | None = None
 
     @classmethod
     def start(cls, config: ServingConfig) -> Runtime:
@@ -107,8 +143,32 @@ class Runtime:
             batch_wait_ms=config.batch_wait_ms, max_request_tokens=config.max_request_tokens,
             request_timeout_s=config.request_timeout_s,
             max_text_chars=config.max_text_chars, log_texts=config.log_texts,
+            reload_interval_s=config.reload_interval_s,
         )
+        from serving.reload import Reloader
+
+        runtime.reloader = Reloader(runtime)
+        runtime.reloader.start()
         return runtime
+
+    def swap_predictor(self, predictor: Predictor) -> None:
+        """Serve with ``predictor`` from now on. Same model session (a policy change): the scheduler's
+        predictor is replaced (requests in flight keep the one they captured). A new model: a new scheduler
+        takes new requests while the old one drains its in-flight requests on the old model, then closes."""
+        old = self.scheduler
+        if predictor.session is old.predictor.session:
+            old.predictor = predictor
+            self.predictor = predictor
+            return
+        self.scheduler = Scheduler(predictor, self.config)
+        self.predictor = predictor
+
+        def drain() -> None:
+            left = old.retire(self.scheduler, self.config.request_timeout_s + 5)
+            log_event(self.logger, "old model closed", model_version=old.predictor.info.version,
+                      requests_cut=left, level=logging.WARNING if left else logging.INFO)
+
+        threading.Thread(target=drain, name="shenhe-drain", daemon=True).start()
 
     def ready(self) -> bool:
         return self.store.ping()
@@ -127,5 +187,7 @@ class Runtime:
             return model + "# shenhe_review_queue_depth unavailable: database unreachable\n"
 
     def close(self) -> None:
+        if self.reloader is not None:
+            self.reloader.stop()
         self.scheduler.close()
         self.store.close()

@@ -158,3 +158,15 @@ class ReviewStats(StateCounts):
 
 class Health(BaseModel):
     status: str
+
+
+# ---- admin ---------------------------------------------------------------------------------------
+
+
+class ReloadOut(BaseModel):
+    status: Literal["reloaded", "unchanged"] = Field(
+        description="reloaded: a changed bundle or policy now serves in this worker; unchanged: nothing changed on disk")
+    changed: list[Literal["bundle", "policy"]]
+    model: ModelRef = Field(description="the model this worker serves now")
+    policy_version: str
+    request_id: str

@@ -40,6 +40,26 @@ def _live_precision_text(runtime: object) -> str:
         return "# shenhe_live_precision unavailable: database unreachable\n"
 
 
+def _reload_on_sighup(runtime: object) -> None:
+    """SIGHUP to a worker process reloads its bundle and policy (serving/reload.py), off the signal handler."""
+    import signal
+    import threading
+
+    from serving.logging import log_event
+
+    reloader = getattr(runtime, "reloader", None)
+    if reloader is None or not hasattr(signal, "SIGHUP"):
+        return
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        threading.Thread(target=reloader.reload, args=("sighup",), name="shenhe-sighup", daemon=True).start()
+
+    try:
+        signal.signal(signal.SIGHUP, on_hup)
+    except ValueError:  # not the main thread: the file watcher and POST /v1/admin/reload still work
+        log_event(reloader.runtime.logger, "SIGHUP reload unavailable (worker not on the main thread)")
+
+
 @bentoml.service(
     name="shenhe",
     workers=_CONFIG.workers,
@@ -55,6 +75,7 @@ class Shenhe:
         configure_logging()
         self.runtime = Runtime.start(ServingConfig.from_env())
         api_app.state.runtime = self.runtime
+        _reload_on_sighup(self.runtime)
 
     def __is_ready__(self) -> bool:
         """Ready = the bundle is loaded (it is, or this object would not exist) and the database answers."""
