@@ -471,6 +471,34 @@ async def review_decide(
     return Response(out.model_dump_json(), media_type="application/json")
 
 
+@app.post(
+    "/v1/admin/reload",
+    response_model=ReloadOut,
+    responses={**ERROR_RESPONSES, 422: {"model": ErrorBody, "description": "The changed bundle or policy was "
+                                        "refused (hash, parse or smoke-prediction failure); the old one keeps serving"}},
+    tags=["admin"],
+    summary="Reload the bundle and policy from disk now (role admin)",
+    description="Loads what changed on disk beside what serves, verifies hashes, runs a smoke prediction and "
+                "swaps it in; requests in flight finish on the old model. Reaches the worker that answers this "
+                "request; every worker also polls the files every SHENHE_RELOAD_INTERVAL_S seconds.",
+)
+async def admin_reload(request: Request) -> Response:
+    runtime = _runtime(request)
+    _authorize(request, runtime, "admin")
+    if runtime.reloader is None:
+        raise ApiError(503, "not_ready", "hot reload is not available in this worker")
+    result = await anyio.to_thread.run_sync(runtime.reloader.reload, "admin")
+    request.state.log_fields.update(reload=result.status, changed=list(result.changed))
+    if result.status == "refused":
+        raise ApiError(422, "reload_refused", f"the changed {' and '.join(result.changed)} was refused: "
+                       f"{result.reason}; still serving model {result.model_version}, policy {result.policy_version}")
+    name = runtime.predictor.info.name
+    out = ReloadOut(status=result.status, changed=list(result.changed),  # type: ignore[arg-type]
+                    model=ModelRef(name=name, version=result.model_version),
+                    policy_version=result.policy_version, request_id=request.state.request_id)
+    return Response(out.model_dump_json(), media_type="application/json")
+
+
 @app.get("/", include_in_schema=False)
 async def _index() -> Response:
     """The root shows the API's own docs (instead of BentoML's page, which lists no endpoint of ours)."""
@@ -534,30 +562,3 @@ from serving import console  # noqa: E402  (it reads this module's helpers)
 
 console.install(app)
 
-
-@app.post(
-    "/v1/admin/reload",
-    response_model=ReloadOut,
-    responses={**ERROR_RESPONSES, 422: {"model": ErrorBody, "description": "The changed bundle or policy was "
-                                        "refused (hash, parse or smoke-prediction failure); the old one keeps serving"}},
-    tags=["admin"],
-    summary="Reload the bundle and policy from disk now (role admin)",
-    description="Loads what changed on disk beside what serves, verifies hashes, runs a smoke prediction and "
-                "swaps it in; requests in flight finish on the old model. Reaches the worker that answers this "
-                "request; every worker also polls the files every SHENHE_RELOAD_INTERVAL_S seconds.",
-)
-async def admin_reload(request: Request) -> Response:
-    runtime = _runtime(request)
-    _authorize(request, runtime, "admin")
-    if runtime.reloader is None:
-        raise ApiError(503, "not_ready", "hot reload is not available in this worker")
-    result = await anyio.to_thread.run_sync(runtime.reloader.reload, "admin")
-    request.state.log_fields.update(reload=result.status, changed=list(result.changed))
-    if result.status == "refused":
-        raise ApiError(422, "reload_refused", f"the changed {' and '.join(result.changed)} was refused: "
-                       f"{result.reason}; still serving model {result.model_version}, policy {result.policy_version}")
-    name = runtime.predictor.info.name
-    out = ReloadOut(status=result.status, changed=list(result.changed),  # type: ignore[arg-type]
-                    model=ModelRef(name=name, version=result.model_version),
-                    policy_version=result.policy_version, request_id=request.state.request_id)
-    return Response(out.model_dump_json(), media_type="application/json")
