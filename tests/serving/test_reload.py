@@ -21,6 +21,7 @@ from models.policy import load_policy
 from serving.runtime import Runtime
 from tests.serving.conftest import (
     EVERYDAY,
+    INSULT,
     REVIEW_TERMS,
     ServerProcess,
     free_port,
@@ -135,15 +136,18 @@ def test_bundle_swap_inflight_finishes_on_old_model(runtime: Runtime, files: dic
     new = Predictor(bundle_copy(files["bundle"], tmp_path / "bundle2", "0.0.2"), policy=files["policy"],
                     intra_op_threads=1)
 
-    async def scenario() -> tuple[str, str, str]:
+    async def scenario() -> tuple[str, str, str, str]:
         first = asyncio.ensure_future(old_scheduler.predict([EVERYDAY]))
         await asyncio.sleep(0.2)  # the first request is scoring on the old model now
+        second = asyncio.ensure_future(old_scheduler.predict([INSULT]))
+        await asyncio.sleep(0.1)  # the second one waits in the old batcher's queue
         runtime.swap_predictor(new)
         late = await old_scheduler.predict([EVERYDAY])  # captured the old scheduler before the swap
         fresh = await runtime.scheduler.predict([EVERYDAY])
-        return (await first)[0].model.version, late[0].model.version, fresh[0].model.version
+        return ((await first)[0].model.version, (await second)[0].model.version, late[0].model.version,
+                fresh[0].model.version)
 
-    assert asyncio.run(scenario()) == ("0.0.1", "0.0.2", "0.0.2")
+    assert asyncio.run(scenario()) == ("0.0.1", "0.0.1", "0.0.2", "0.0.2")
     wait_for(lambda: old_scheduler.batcher._closed, 5)  # drained, then closed
 
 
