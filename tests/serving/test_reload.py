@@ -24,10 +24,12 @@ from tests.serving.conftest import (
     INSULT,
     REVIEW_TERMS,
     ServerProcess,
+    auth,
     free_port,
     inprocess_runtime,
     loopback_client,
     server_env,
+    write_keys,
     write_test_policy,
 )
 
@@ -225,3 +227,42 @@ def test_live_policy_edit_broken_policy_and_promoted_bundle(live: tuple[ServerPr
     assert "0.0.1" not in versions[versions.index("0.0.2"):][5:]  # no flapping back after the swap
     log = server.log_text()
     assert '"reloaded"' in log and "old model closed" in log, server.log_tail()
+
+
+def test_live_sighup_and_admin_reload(tiny_bundle: Path, tmp_path: Path) -> None:
+    """With the watcher off, SIGHUP to the worker reloads it, and POST /v1/admin/reload needs role admin."""
+    import signal
+
+    import psutil
+
+    policy = write_test_policy(tmp_path / "policy.yaml", version="hup-1")
+    keys = write_keys(tmp_path / "keys.yaml")
+    env = server_env(tmp_path, f"sqlite:///{tmp_path / 'q.db'}", policy, keys, SHENHE_RELOAD_INTERVAL_S="0")
+    server = ServerProcess(args=["--bundle", str(tiny_bundle)], env=env, log_path=tmp_path / "server.log",
+                           port=free_port()).start()
+    try:
+        def version() -> str:
+            r = httpx.post(f"{server.url}/v1/classify", json={"items": [{"text": EVERYDAY}]}, headers=auth("classify"),
+                           timeout=30)
+            assert r.status_code == 200, r.text
+            return str(r.json()["policy_version"])
+
+        policy_with_park(policy, "hup-2")
+        time.sleep(1.0)
+        assert version() == "hup-1"  # not watching
+        workers = [p for p in psutil.Process(server.pids()[0]).children(recursive=True)
+                   if "_bentoml_impl.worker" in " ".join(p.cmdline())]
+        assert len(workers) == 1
+        os.kill(workers[0].pid, signal.SIGHUP)
+        wait_for(lambda: version() == "hup-2", 5)
+        assert '"trigger": "sighup"' in server.log_text()
+
+        policy_with_park(policy, "hup-3")
+        reload_url = f"{server.url}/v1/admin/reload"
+        assert httpx.post(reload_url, headers=auth("classify"), timeout=30).status_code == 403
+        r = httpx.post(reload_url, headers=auth("admin"), timeout=30)
+        assert r.status_code == 200 and r.json()["policy_version"] == "hup-3", r.text
+        assert version() == "hup-3"
+        assert workers[0].is_running()  # reloaded in place, not restarted
+    finally:
+        server.stop()
