@@ -50,11 +50,13 @@ def serve(
     max_text_chars: Annotated[int | None, typer.Option("--max-text-chars", help="Hard cap per text (default 20000).")] = None,
     log_texts: Annotated[bool, typer.Option("--log-texts", help="Also write texts to the logs (off by default).")] = False,
     request_timeout: Annotated[float | None, typer.Option("--request-timeout", help="Seconds a request may wait for the model before a 504 (default 30 or $SHENHE_REQUEST_TIMEOUT_S).")] = None,
+    reload_interval: Annotated[float | None, typer.Option("--reload-interval", help="Seconds between checks of the bundle and policy files for a hot reload; 0 = no watching (default 2 or $SHENHE_RELOAD_INTERVAL_S).")] = None,
     max_request_tokens: Annotated[int | None, typer.Option("--max-request-tokens", help="Model tokens one request may use (default 32768 or $SHENHE_MAX_REQUEST_TOKENS).")] = None,
 ) -> None:
     """Start the HTTP API (BentoML) on a bundle, with the review queue."""
     _serve(bundle=bundle, port=port, host=host, workers=workers, keys=keys, db_url=db_url, policy=policy,
            max_text_chars=max_text_chars, log_texts=log_texts or None, request_timeout_s=request_timeout,
+           reload_interval_s=reload_interval,
            max_request_tokens=max_request_tokens)
 
 
