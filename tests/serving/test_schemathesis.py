@@ -22,6 +22,7 @@ OPERATIONS = [
     ("GET", "/v1/review/next"),
     ("GET", "/v1/review/stats"),
     ("POST", "/v1/review/{review_id}"),
+    ("POST", "/v1/admin/reload"),
 ]
 MAX_EXAMPLES = 40
 
