@@ -212,6 +212,7 @@ def for_runtime(runtime: Runtime) -> LivePrecision:
     if live is None or live.store is not runtime.store:
         live = LivePrecision(runtime.store, runtime.predictor.policy, runtime.logger)
         _instances[id(runtime)] = live
+    live.policy = runtime.predictor.policy  # a hot-reloaded policy brings its own target (serving/reload.py)
     return live
 
 
