@@ -11,6 +11,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +62,27 @@ def export_onnx(model: MultiLabelClassifier, path: Path, pad_token_id: int, opse
 # texts/s at batch 32 on short texts), so they are not applied.
 QUANT_SCHEMES: dict[str, str] = {
     "dynamic": "int8 dynamic (SmoothQuant-scaled; per-channel weights, per-tensor activations at run time)",
-    "dynamic-mixed": "int8 dynamic (SmoothQuant-scaled) for attention and FFN-in, int8 weight-only "
-                     "(MatMulNBits, blocks of 32) for FFN-out",
+    "dynamic-mixed": "int8 dynamic for attention and FFN-in (Q/K/V and FFN-in SmoothQuant-scaled), int8 "
+                     "weight-only (MatMulNBits, blocks of 32) for FFN-out",
     "weight-only": "int8 weight-only, blocks of 32 (MatMulNBits, int8 compute)",
     "weight-only-fp32": "int8 weight-only, blocks of 32 (MatMulNBits, fp32 compute)",
     "fp32": "fp32 (not quantised)",
 }
-FFN_OUT = ".output.dense"  # module path of the second FFN Linear (attention's is ".attention.output.dense")
-# Which encoder Linears each scheme SmoothQuant-scales (module-path fragments to skip); None: not smoothed.
-SMOOTH_SKIP: dict[str, tuple[str, ...] | None] = {
-    "dynamic": (), "dynamic-mixed": (FFN_OUT,), "weight-only": None, "weight-only-fp32": None, "fp32": None,
+
+
+@dataclass(frozen=True)
+class Smoothing:
+    """Which encoder Linears a scheme SmoothQuant-scales before quantising (training/finetune/smooth.py)."""
+
+    skip: tuple[str, ...] = ()  # module-path fragments left unscaled
+    alpha_ffn_out: float | None = None  # migration strength for FFN-out (default: the common 0.5)
+
+
+# dynamic-mixed as shipped in 2026.12.01.1: Q/K/V and FFN-in scaled; ".output.dense" leaves both output
+# projections (attention-out and FFN-out) unscaled. None: not smoothed.
+SMOOTHING: dict[str, Smoothing | None] = {
+    "dynamic": Smoothing(alpha_ffn_out=0.8), "dynamic-mixed": Smoothing(skip=(".output.dense",)),
+    "weight-only": None, "weight-only-fp32": None, "fp32": None,
 }
 WEIGHT_ONLY_BLOCK = 32
 

@@ -153,7 +153,7 @@ def _export(opts: ExportOptions, run_dir: Path) -> Path:
 
     from training.finetune.backend import (
         QUANT_SCHEMES,
-        SMOOTH_SKIP,
+        SMOOTHING,
         export_onnx,
         max_prob_diff,
         onnx_window_logits,
@@ -211,16 +211,16 @@ def _export(opts: ExportOptions, run_dir: Path) -> Path:
         schemes = list(QUANT_SCHEMES) if opts.quantization == "auto" else [opts.quantization]
         attempts: list[dict[str, Any]] = []
         chosen: dict[str, Any] | None = None
-        smoothed: dict[tuple[str, ...], Path] = {}
+        smoothed: dict[Any, Path] = {}
         for scheme in schemes:
             path = stage / f"model.{scheme}.onnx"
-            skip = SMOOTH_SKIP[scheme]
+            smoothing = SMOOTHING[scheme]
             source = fp32_path
-            if skip is not None:  # SmoothQuant scaling: the same function in fp32, friendlier to INT8
-                if skip not in smoothed:
-                    smoothed[skip] = _smoothed_fp32(run_dir, dev.normalized, windower, pad_id,
-                                                    stage / f"smoothed{len(smoothed)}.fp32.onnx", skip)
-                source = smoothed[skip]
+            if smoothing is not None:  # SmoothQuant scaling: the same function in fp32, friendlier to INT8
+                if smoothing not in smoothed:
+                    smoothed[smoothing] = _smoothed_fp32(run_dir, dev.normalized, windower, pad_id,
+                                                         stage / f"smoothed{len(smoothed)}.fp32.onnx", smoothing)
+                source = smoothed[smoothing]
             quantize_int8(source, path, scheme)
             session = ort_session(path, threads)
             dev_q, _ = onnx_window_logits(session, windower, dev.normalized, opts.batch_size, opts.show_progress,
@@ -350,7 +350,7 @@ SMOOTH_CALIBRATION_TEXTS = 512
 
 
 def _smoothed_fp32(run_dir: Path, normalized: list[str], windower: WindowTokenizer, pad_id: int, out: Path,
-                   skip: tuple[str, ...]) -> Path:
+                   smoothing: Any) -> Path:
     """The run's model with SmoothQuant scaling (calibrated on dev windows), exported to fp32 ONNX."""
     from training.finetune.backend import export_onnx
     from training.finetune.model import load_model
@@ -358,7 +358,7 @@ def _smoothed_fp32(run_dir: Path, normalized: list[str], windower: WindowTokeniz
 
     model, _, _ = load_model(run_dir / "model", attn_implementation="eager")
     sample = calibration_windows(windower.first_windows(normalized), SMOOTH_CALIBRATION_TEXTS)
-    smooth_for_int8(model, sample, pad_id, skip=skip)
+    smooth_for_int8(model, sample, pad_id, skip=smoothing.skip, alpha_ffn_out=smoothing.alpha_ffn_out)
     export_onnx(model, out, pad_id)
     return out
 

@@ -13,6 +13,7 @@ Reference: Xiao et al., "SmoothQuant: Accurate and Efficient Post-Training Quant
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,11 +61,20 @@ def _path_of(model: nn.Module, module: nn.Module) -> str:
 
 
 @torch.inference_mode()
+def is_ffn_out(path: str) -> bool:
+    """The second FFN Linear of a layer (``...layer.N.output.dense``; not ``attention.output.dense``)."""
+    return re.search(r"\.layer\.\d+\.output\.dense$", path) is not None
+
+
 def smooth_for_int8(model: nn.Module, windows: Sequence[Window], pad_token_id: int, alpha: float = DEFAULT_ALPHA,
-                    batch_size: int = 32, skip: Sequence[str] = ()) -> int:
-    """Replace the encoder layers' Linears by :class:`SmoothedLinear` calibrated on ``windows``; returns how many."""
+                    batch_size: int = 32, skip: Sequence[str] = (), alpha_ffn_out: float | None = None) -> int:
+    """Replace the encoder layers' Linears by :class:`SmoothedLinear` calibrated on ``windows``; returns how many.
+
+    ``alpha_ffn_out`` (default ``alpha``) is the migration strength for the FFN-out Linears, whose input (the
+    GELU output) has the strongest outlier channels."""
     model.eval()
     targets = _encoder_linears(model, skip)
+    paths = {id(linear): _path_of(model, linear) for _p, _n, linear in targets}
     maxima: dict[int, torch.Tensor] = {}
     hooks = []
     for _parent, _name, linear in targets:
@@ -84,7 +94,8 @@ def smooth_for_int8(model: nn.Module, windows: Sequence[Window], pad_token_id: i
     for parent, name, linear in targets:
         act = maxima[id(linear)].clamp(min=1e-5)
         weight = linear.weight.detach().abs().amax(dim=0).clamp(min=1e-5)
-        scale = (act.pow(alpha) / weight.pow(1.0 - alpha)).clamp(min=1e-5)
+        a = alpha_ffn_out if alpha_ffn_out is not None and is_ffn_out(paths[id(linear)]) else alpha
+        scale = (act.pow(a) / weight.pow(1.0 - a)).clamp(min=1e-5)
         setattr(parent, name, SmoothedLinear(linear, scale))
     return len(targets)
 
