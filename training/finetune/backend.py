@@ -81,7 +81,7 @@ class Smoothing:
 # dynamic-mixed as shipped in 2026.12.01.1: Q/K/V and FFN-in scaled; ".output.dense" leaves both output
 # projections (attention-out and FFN-out) unscaled. None: not smoothed.
 SMOOTHING: dict[str, Smoothing | None] = {
-    "dynamic": Smoothing(alpha_ffn_out=0.8), "dynamic-mixed": Smoothing(skip=(".output.dense",)),
+    "dynamic": Smoothing(alpha_ffn_out=0.7), "dynamic-mixed": Smoothing(skip=(".output.dense",)),
     "weight-only": None, "weight-only-fp32": None, "fp32": None,
 }
 WEIGHT_ONLY_BLOCK = 32
