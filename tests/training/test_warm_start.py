@@ -48,7 +48,7 @@ def test_init_from_a_run_loads_its_exact_weights(tiny_run: Path) -> None:
     assert all(np.array_equal(ours[k], theirs[k]) for k in ours)
 
 
-@pytest.mark.parametrize("scheme", ["dynamic", "weight-only"])
+@pytest.mark.parametrize("scheme", ["dynamic", "dynamic-mixed", "weight-only"])
 def test_init_from_a_bundle_recovers_the_trained_weights(tiny_run: Path, tmp_path: Path, scheme: str) -> None:
     from training.finetune.export import ExportOptions, export_bundle
     from training.finetune.model import load_model
