@@ -258,6 +258,26 @@ def _drop(clean: float | None, perturbed: float | None) -> float | None:
     return None if clean is None or perturbed is None else clean - perturbed
 
 
+# Summary metrics reported per perturbation with their change from the clean run: True = higher is better
+# (the change is a drop, clean - perturbed), False = lower is better (an increase, perturbed - clean).
+_TRACKED: tuple[tuple[str, bool], ...] = (
+    ("binary_accuracy", True), ("harmless_flagged", False), ("harmless_blocked", False),
+    ("harmful_flagged", True), ("binary_recall", True), ("binary_f1", True), ("harmful_missed", False),
+    ("macro_f1", True),
+)
+
+
+def _with_changes(base: dict[str, Any], perturbed: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, higher_is_better in _TRACKED:
+        out[key] = perturbed[key]
+        if higher_is_better:
+            out[f"{key}_drop"] = _drop(base[key], perturbed[key])
+        else:
+            out[f"{key}_increase"] = _drop(perturbed[key], base[key])
+    return out
+
+
 def robustness_section(y_true: np.ndarray, clean: Scored, perturbed: dict[str, tuple[np.ndarray, Scored]],
                        *, seed: int, population: int, sources: list[str | None] | None = None) -> dict[str, Any]:
     """Metrics on the clean sample and, per perturbation, the perturbed numbers and the drop
@@ -278,22 +298,7 @@ def robustness_section(y_true: np.ndarray, clean: Scored, perturbed: dict[str, t
             "changed_share": float(changed.mean()),
             "changed_share_harmful": float(changed[harmful].mean()) if harmful.any() else None,
             "changed_share_harmless": float(changed[~harmful].mean()) if (~harmful).any() else None,
-            "binary_accuracy": p["binary_accuracy"],
-            "binary_accuracy_drop": _drop(base["binary_accuracy"], p["binary_accuracy"]),
-            "harmless_flagged": p["harmless_flagged"],
-            "harmless_flagged_increase": _drop(p["harmless_flagged"], base["harmless_flagged"]),
-            "harmless_blocked": p["harmless_blocked"],
-            "harmless_blocked_increase": _drop(p["harmless_blocked"], base["harmless_blocked"]),
-            "harmful_flagged": p["harmful_flagged"],
-            "harmful_flagged_drop": _drop(base["harmful_flagged"], p["harmful_flagged"]),
-            "binary_recall": p["binary_recall"],
-            "binary_recall_drop": _drop(base["binary_recall"], p["binary_recall"]),
-            "binary_f1": p["binary_f1"],
-            "binary_f1_drop": _drop(base["binary_f1"], p["binary_f1"]),
-            "harmful_missed": p["harmful_missed"],
-            "harmful_missed_increase": _drop(p["harmful_missed"], base["harmful_missed"]),
-            "macro_f1": p["macro_f1"],
-            "macro_f1_drop": _drop(base["macro_f1"], p["macro_f1"]),
+            **_with_changes(base, p),
             "per_category": {
                 slug: {
                     **p["per_category"][slug],
