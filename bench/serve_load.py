@@ -152,7 +152,7 @@ def start_server(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen[
 
 def offline_speed(bundle: Path | None, texts: list[str], items: int) -> float:
     """The Predictor in this process, same texts, same texts per call: texts/s."""
-    from models.predictor import Predictor
+    from shenhe.models.predictor import Predictor
 
     pred = Predictor(bundle)
     pred.predict(texts[:32])

@@ -79,16 +79,16 @@ def torch_peer(model_dir: Path | None, bundle_dir: Path, threads: int) -> Any:
     """A function texts -> logits running the fine-tuned model in PyTorch eager fp32."""
     import torch
 
-    from models.bundle import load_bundle
-    from models.normalize import normalize
-    from models.windowing import WindowTokenizer, score_windows
-    from training.finetune.model import load_model
+    from shenhe.models.bundle import load_bundle
+    from shenhe.models.normalize import normalize
+    from shenhe.models.windowing import WindowTokenizer, score_windows
+    from shenhe.training.finetune.model import load_model
 
     torch.set_num_threads(threads)
     scratch = None
     if model_dir is None:
-        from training.finetune.cli import _default_base
-        from training.finetune.recover import recover_run
+        from shenhe.training.finetune.cli import _default_base
+        from shenhe.training.finetune.recover import recover_run
 
         scratch = tempfile.TemporaryDirectory(prefix="shenhe-bench-torch-")
         model_dir = recover_run(bundle_dir, _default_base(), ROOT / "data" / "build", Path(scratch.name)) / "model"
@@ -122,8 +122,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from models.cores import default_threads
-    from models.predictor import Predictor
+    from shenhe.models.cores import default_threads
+    from shenhe.models.predictor import Predictor
 
     threads = args.threads or default_threads()
     texts = short_text_set(args.texts, args.n)

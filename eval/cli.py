@@ -9,10 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from eval.errors import EvalDataError
-from models.bundle import BundleError
-from models.policy import PolicyError
-from shenhe.errors import cli_errors
+from shenhe.eval.errors import EvalDataError
+from shenhe.models.bundle import BundleError
+from shenhe.models.errors import cli_errors
+from shenhe.models.policy import PolicyError
 
 _PERTURBATIONS = "spaces,symbols,zero_width,full_width,traditional,homophones,emoji,split"
 
@@ -39,7 +39,7 @@ def eval_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Evaluate a bundle on labelled JSONL: writes OUT/metrics.json and a self-contained OUT/report.html."""
-    from eval.run import EvalConfig, run_eval
+    from shenhe.eval.run import EvalConfig, run_eval
 
     cfg = EvalConfig(
         data=data, out=out, bundle=bundle, policy=policy, compare=compare, baseline=baseline, perturb=perturb,
@@ -98,7 +98,7 @@ def promote_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Replace --target with CANDIDATE only if it is no worse on --data; exit 1 (target untouched) if it is worse."""
-    from eval.promote import PromotionRule, promote
+    from shenhe.eval.promote import PromotionRule, promote
 
     rule = PromotionRule(macro_f1_tolerance=tolerance, forbid_category_regressions=not allow_category_regressions,
                          n_bootstrap=bootstrap, seed=seed)

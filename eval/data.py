@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.policy import CATEGORY_SLUGS
+from shenhe.models.policy import CATEGORY_SLUGS
 
 from .errors import EvalDataError
 

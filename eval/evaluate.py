@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from models.policy import CATEGORY_SLUGS
+from shenhe.models.policy import CATEGORY_SLUGS
 
 from .data import EvalSet
 from .metrics import (

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.policy import CATEGORY_SLUGS, Policy
+from shenhe.models.policy import CATEGORY_SLUGS, Policy
 
 PASS, REVIEW, BLOCK = 0, 1, 2
 DECISION_NAMES = ("pass", "review", "block")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from models.policy import CATEGORY_SLUGS
+from shenhe.models.policy import CATEGORY_SLUGS
 
 from .metrics import BLOCK, PASS, flat_metrics, nan_to_none, ones_weights, wilson_interval
 from .scoring import Scored

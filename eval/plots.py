@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from models.policy import CATEGORY_SLUGS  # noqa: E402
+from shenhe.models.policy import CATEGORY_SLUGS  # noqa: E402
 
 from .metrics import BINARY_THRESHOLD  # noqa: E402
 

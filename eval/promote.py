@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import load_bundle
-from models.policy import CATEGORY_SLUGS
+from shenhe.models.bundle import load_bundle
+from shenhe.models.policy import CATEGORY_SLUGS
 
 from .compare import compare_runs
 from .data import read_eval_file

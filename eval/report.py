@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from models.policy import CATEGORY_SLUGS, Policy
+from shenhe.models.policy import CATEGORY_SLUGS, Policy
 
 from . import plots
 from .data import EvalSet

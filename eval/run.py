@@ -123,7 +123,7 @@ def run_eval(cfg: EvalConfig, factory: PredictorFactory | None = None,
     if cfg.baseline is not None:
         t1 = time.perf_counter()
         if baseline_loader is None:
-            from models.baseline import load_baseline as baseline_loader  # type: ignore[no-redef]
+            from shenhe.models.baseline import load_baseline as baseline_loader  # type: ignore[no-redef]
         try:
             scorer = baseline_loader(cfg.baseline)
         except (FileNotFoundError, ValueError) as e:

@@ -9,8 +9,8 @@ from typing import Protocol
 
 import numpy as np
 
-from models.policy import CATEGORY_SLUGS, Policy
-from models.types import ModelInfo, Prediction
+from shenhe.models.policy import CATEGORY_SLUGS, Policy
+from shenhe.models.types import ModelInfo, Prediction
 
 from .metrics import DECISION_CODES, Thresholds
 
@@ -56,7 +56,7 @@ class Scored:
 def load_predictor(bundle_dir: str | Path, policy: str | Path | None = None,
                    threads: int | None = None) -> PredictorLike:
     """The bundle's onnxruntime Predictor (imported here: onnxruntime loads only when scoring)."""
-    from models.predictor import Predictor
+    from shenhe.models.predictor import Predictor
 
     return Predictor(bundle_dir, policy=policy, intra_op_threads=threads)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from models.policy import CATEGORY_SLUGS
+from shenhe.models.policy import CATEGORY_SLUGS
 
 from .metrics import BLOCK, REVIEW, Thresholds, wilson_interval
 

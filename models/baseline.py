@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import CategoryCalibration
-from models.normalize import normalize_text
-from models.policy import CATEGORY_SLUGS
+from shenhe.models.bundle import CategoryCalibration
+from shenhe.models.normalize import normalize_text
+from shenhe.models.policy import CATEGORY_SLUGS
 
 MODEL_FILE = "model.joblib"
 

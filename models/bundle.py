@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from models.policy import CATEGORY_SLUGS, Policy, PolicyError, parse_policy
+from shenhe.models.policy import CATEGORY_SLUGS, Policy, PolicyError, parse_policy
 
 DEFAULT_BUNDLE_DIR = Path(__file__).resolve().with_name("default")
 BUNDLE_ENV = "SHENHE_BUNDLE"

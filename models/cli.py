@@ -12,10 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from models.bundle import POLICY_FILE, BundleError, load_bundle
-from models.normalize import normalize
-from models.policy import POLICY_ENV, Policy, PolicyError, Term, load_policy
-from shenhe.errors import cli_errors
+from shenhe.models.bundle import POLICY_FILE, BundleError, load_bundle
+from shenhe.models.errors import cli_errors
+from shenhe.models.normalize import normalize
+from shenhe.models.policy import POLICY_ENV, Policy, PolicyError, Term, load_policy
 
 policy_app = typer.Typer(help="Inspect the Article 9 policy (categories, thresholds, word lists).", no_args_is_help=True)
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from models.bundle import Bundle, BundleError, check_policy_fits, load_bundle
-from models.cores import default_threads
-from models.normalize import Normalized, normalize
-from models.policy import CATEGORY_SLUGS, Policy, load_policy
-from models.terms import TermMatcher
-from models.types import Decision, ModelInfo, Prediction, Reason
-from models.windowing import Window, WindowTokenizer, max_over_windows, score_windows
+from shenhe.models.bundle import Bundle, BundleError, check_policy_fits, load_bundle
+from shenhe.models.cores import default_threads
+from shenhe.models.normalize import Normalized, normalize
+from shenhe.models.policy import CATEGORY_SLUGS, Policy, load_policy
+from shenhe.models.terms import TermMatcher
+from shenhe.models.types import Decision, ModelInfo, Prediction, Reason
+from shenhe.models.windowing import Window, WindowTokenizer, max_over_windows, score_windows
 
 SPIN_ENV = "SHENHE_ORT_SPINNING"
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 
-from models.normalize import Normalized, normalize
-from models.policy import Policy, Term, today_utc
-from models.types import TermMatch
+from shenhe.models.normalize import Normalized, normalize
+from shenhe.models.policy import Policy, Term, today_utc
+from shenhe.models.types import TermMatch
 
 CLAUSE_BREAKS = frozenset("，,。！!？?；;：:、")
 _BARRIER = "\x00"  # never part of a key: stops a pinyin match from crossing digits or other characters

@@ -28,15 +28,15 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from models.policy import CATEGORY_SLUGS
-from serving.auth import AuthFailure, Principal, presented_key
-from serving.batcher import Cancelled, DeadlineExceeded, QueueFull
-from serving.config import MAX_ITEMS, ServingConfig
-from serving.live_precision import after_classify
-from serving.logging import log_event, request_id_var
-from serving.queue import NewReviewItem, QueueError
-from serving.runtime import Runtime, TokenBudgetExceeded
-from serving.schemas import (
+from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.serving.auth import AuthFailure, Principal, presented_key
+from shenhe.serving.batcher import Cancelled, DeadlineExceeded, QueueFull
+from shenhe.serving.config import MAX_ITEMS, ServingConfig
+from shenhe.serving.live_precision import after_classify
+from shenhe.serving.logging import log_event, request_id_var
+from shenhe.serving.queue import NewReviewItem, QueueError
+from shenhe.serving.runtime import Runtime, TokenBudgetExceeded
+from shenhe.serving.schemas import (
     ClassifyRequest,
     ClassifyResponse,
     ErrorBody,
@@ -558,7 +558,7 @@ app.openapi = _openapi  # type: ignore[method-assign]
 
 # ---- the review console, offline docs (serving/console.py) ----------------------------------------
 
-from serving import console  # noqa: E402  (it reads this module's helpers)
+from shenhe.serving import console  # noqa: E402  (it reads this module's helpers)
 
 console.install(app)
 

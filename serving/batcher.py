@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.windowing import CALL_OVERHEAD_TOKENS, Window, length_groups, pad_batch
+from shenhe.models.windowing import CALL_OVERHEAD_TOKENS, Window, length_groups, pad_batch
 
 RunModel = Callable[[np.ndarray, np.ndarray], np.ndarray]
 

@@ -12,13 +12,13 @@ from typing import Annotated
 
 import typer
 
-from shenhe.errors import UserError, cli_errors
+from shenhe.models.errors import UserError, cli_errors
 
 review_app = typer.Typer(help="The human-review queue: export reviewer decisions for retraining.",
                          no_args_is_help=True)
 
 LOOPBACK = "127.0.0.1"
-SERVICE = "serving.service:Shenhe"
+SERVICE = "shenhe.serving.service:Shenhe"
 
 
 def _is_loopback(host: str) -> bool:
@@ -31,7 +31,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _config(**overrides: object):  # -> ServingConfig (typed import stays inside)
-    from serving.config import ConfigError, ServingConfig
+    from shenhe.serving.config import ConfigError, ServingConfig
 
     try:
         return ServingConfig.from_env(**overrides)
@@ -62,9 +62,9 @@ def serve(
 
 @cli_errors()
 def _serve(**options: object) -> None:
-    from models.bundle import BundleError, check_policy_fits, load_bundle
-    from models.policy import PolicyError, load_policy
-    from serving.auth import KeyRing, KeysFileError
+    from shenhe.models.bundle import BundleError, check_policy_fits, load_bundle
+    from shenhe.models.policy import PolicyError, load_policy
+    from shenhe.serving.auth import KeyRing, KeysFileError
 
     config = _config(keys_file=options.pop("keys"), **options)
     try:
@@ -91,7 +91,7 @@ def _serve(**options: object) -> None:
         raise UserError(str(e)) from None
 
     db_url = config.db_url
-    from serving.queue import ReviewStore
+    from shenhe.serving.queue import ReviewStore
 
     try:
         store = ReviewStore(db_url)
@@ -114,17 +114,19 @@ def _serve(**options: object) -> None:
         print("shenhe: only loopback Host names are answered; set SHENHE_ALLOWED_HOSTS to the names clients "
               "use (see the README)", file=sys.stderr, flush=True)
 
-    # What `bentoml serve serving.service:Shenhe` does, with our host/port/timeout.
+    # What `bentoml serve shenhe.serving.service:Shenhe` does, with our host/port/timeout.
     from _bentoml_impl.server import serve_http
     from bentoml._internal.log import configure_server_logging
     from bentoml._internal.service.loader import load
 
     configure_server_logging()
-    root = str(Path(__file__).resolve().parent.parent)  # the directory holding the serving package
+    import shenhe
+
+    root = str(Path(shenhe.__file__).resolve().parent.parent)  # the directory holding the shenhe package
     if sys.path[0] != root:
         sys.path.insert(0, root)
     load(SERVICE, working_dir=root).inject_config()
-    from serving.config import bentoml_timeout
+    from shenhe.serving.config import bentoml_timeout
 
     serve_http(SERVICE, working_dir=root, host=host, port=config.port, timeout=bentoml_timeout(config))
 
@@ -138,7 +140,7 @@ def review_export(
     """Write decided review items as corpus records {"id","text","labels","source":"review"}."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from serving.queue import ReviewStore
+    from shenhe.serving.queue import ReviewStore
 
     config = _config(db_url=db_url)
     try:

@@ -1,6 +1,6 @@
 """A small client for the shenhe API, and a file streamer for monitors (``shenhe classify --url``).
 
-    from serving.client import ShenheClient
+    from shenhe.serving.client import ShenheClient
 
     with ShenheClient("http://127.0.0.1:3000", api_key="...") as client:
         result = client.classify(["今天天气很好", {"id": "post-17", "text": "你这个傻逼"}])
@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from shenhe.errors import UserError
+from shenhe.models.errors import UserError
 
 MAX_ITEMS = 256
 RETRY_STATUS = frozenset({429, 502, 503, 504})

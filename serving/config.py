@@ -1,7 +1,7 @@
 """Serving configuration: one typed object read from ``SHENHE_*`` environment variables.
 
 `shenhe serve` turns its command-line options into these variables before it starts BentoML, so the
-CLI, ``bentoml serve serving.service:Shenhe`` and every worker process read the same settings.
+CLI, ``bentoml serve shenhe.serving.service:Shenhe`` and every worker process read the same settings.
 """
 
 from __future__ import annotations

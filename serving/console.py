@@ -26,13 +26,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from models.policy import CATEGORY_SLUGS
-from serving.auth import ANONYMOUS, AuthFailure, Principal, digest, presented_key
-from serving.live_precision import MIN_FLAG_SAMPLES, for_runtime, wilson
-from serving.queue import ClaimedItem, ReviewNotFound
+from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.serving.auth import ANONYMOUS, AuthFailure, Principal, digest, presented_key
+from shenhe.serving.live_precision import MIN_FLAG_SAMPLES, for_runtime, wilson
+from shenhe.serving.queue import ClaimedItem, ReviewNotFound
 
 if TYPE_CHECKING:
-    from serving.runtime import Runtime
+    from shenhe.serving.runtime import Runtime
 
 HERE = FsPath(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
@@ -68,7 +68,7 @@ router = APIRouter(include_in_schema=False)
 
 
 def _api() -> Any:
-    from serving import api
+    from shenhe.serving import api
 
     return api
 

@@ -23,12 +23,12 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.auth import AuthFailure, presented_key
-from serving.logging import log_event
+from shenhe.serving.auth import AuthFailure, presented_key
+from shenhe.serving.logging import log_event
 
 if TYPE_CHECKING:
-    from serving.config import ServingConfig
-    from serving.runtime import Runtime
+    from shenhe.serving.config import ServingConfig
+    from shenhe.serving.runtime import Runtime
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_PATHS = ("/v1/", "/review/api/")
@@ -51,7 +51,7 @@ def is_json_type(content_type: str) -> bool:
 
 
 def _runtime() -> Runtime | None:
-    from serving.api import app
+    from shenhe.serving.api import app
 
     return getattr(app.state, "runtime", None)
 
@@ -108,7 +108,7 @@ class HardeningMiddleware:
         if runtime is not None:
             return runtime.config, runtime
         if self._config is None:
-            from serving.config import ServingConfig
+            from shenhe.serving.config import ServingConfig
 
             self._config = ServingConfig.from_env()
         return self._config, None

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
-from models.policy import CATEGORY_SLUGS, Policy
-from serving.logging import log_event
-from serving.queue import NewReviewItem, ReviewStore, dedup_key, sampled
+from shenhe.models.policy import CATEGORY_SLUGS, Policy
+from shenhe.serving.logging import log_event
+from shenhe.serving.queue import NewReviewItem, ReviewStore, dedup_key, sampled
 
 if TYPE_CHECKING:
-    from models.types import Prediction
-    from serving.runtime import Runtime
+    from shenhe.models.types import Prediction
+    from shenhe.serving.runtime import Runtime
 
 Z95 = 1.959963984540054
 MIN_FLAG_SAMPLES = 10  # fewer audited blocks than this: too few to raise a flag

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from serving.queue import QueueCounts
+from shenhe.serving.queue import QueueCounts
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 if TYPE_CHECKING:
-    from serving.batcher import BatcherStats
+    from shenhe.serving.batcher import BatcherStats
 
 
 @dataclass(frozen=True)

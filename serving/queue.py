@@ -55,8 +55,8 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
-from models.policy import CATEGORY_SLUGS
-from models.types import Prediction
+from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.models.types import Prediction
 
 _ESCAPED = "\ufdd0"  # a Unicode noncharacter marks a JSON-escaped value (see NulSafeText)
 

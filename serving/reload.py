@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from models.bundle import MANIFEST_FILE, MODEL_FILE, POLICY_FILE, TOKENIZER_FILE, resolve_bundle_dir
-from serving.logging import log_event
+from shenhe.models.bundle import MANIFEST_FILE, MODEL_FILE, POLICY_FILE, TOKENIZER_FILE, resolve_bundle_dir
+from shenhe.serving.logging import log_event
 
 if TYPE_CHECKING:
-    from models.predictor import Predictor
-    from serving.runtime import Runtime
+    from shenhe.models.predictor import Predictor
+    from shenhe.serving.runtime import Runtime
 
 # Two fixed sentences every new bundle or policy must score before it serves (an everyday sentence and an
 # insult: both must come back with finite scores in [0, 1] and a decision).
@@ -131,9 +131,9 @@ class Reloader:
 
     def reload(self, trigger: str) -> ReloadResult:
         """Load whatever changed on disk since the serving bundle/policy were loaded, check it, swap it in."""
-        from models.policy import load_policy
-        from models.predictor import Predictor
-        from serving.runtime import worker_threads
+        from shenhe.models.policy import load_policy
+        from shenhe.models.predictor import Predictor
+        from shenhe.serving.runtime import worker_threads
 
         with self._lock:
             runtime = self.runtime

@@ -14,18 +14,18 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.to_thread
 
-from models.cores import default_threads
-from serving.auth import KeyRing
-from serving.batcher import BatcherConfig, MicroBatcher
-from serving.config import ServingConfig
-from serving.logging import get_logger, log_event
-from serving.metrics import Metrics, batcher_text, get_metrics, queue_depth_text
-from serving.queue import NewReviewItem, ReviewStore
+from shenhe.models.cores import default_threads
+from shenhe.serving.auth import KeyRing
+from shenhe.serving.batcher import BatcherConfig, MicroBatcher
+from shenhe.serving.config import ServingConfig
+from shenhe.serving.logging import get_logger, log_event
+from shenhe.serving.metrics import Metrics, batcher_text, get_metrics, queue_depth_text
+from shenhe.serving.queue import NewReviewItem, ReviewStore
 
 if TYPE_CHECKING:
-    from models.predictor import Predictor
-    from models.types import Prediction
-    from serving.reload import Reloader
+    from shenhe.models.predictor import Predictor
+    from shenhe.models.types import Prediction
+    from shenhe.serving.reload import Reloader
 
 
 class TokenBudgetExceeded(Exception):
@@ -49,7 +49,7 @@ class Scheduler:
     windows, and turned into decisions. A deadline or a disconnect drops the request's pending windows."""
 
     def __init__(self, predictor: Predictor, config: ServingConfig) -> None:
-        from models.policy import CATEGORY_SLUGS
+        from shenhe.models.policy import CATEGORY_SLUGS
 
         self.predictor = predictor
         self.config = config
@@ -126,7 +126,7 @@ class Runtime:
     @classmethod
     def start(cls, config: ServingConfig) -> Runtime:
         """Load the bundle, open the database (creating the tables if needed) and read the keys."""
-        from models.predictor import Predictor  # onnxruntime: load in the worker, not at import
+        from shenhe.models.predictor import Predictor  # onnxruntime: load in the worker, not at import
 
         logger = get_logger()
         keys = KeyRing.load(config.keys_file)
@@ -145,7 +145,7 @@ class Runtime:
             max_text_chars=config.max_text_chars, log_texts=config.log_texts,
             reload_interval_s=config.reload_interval_s,
         )
-        from serving.reload import Reloader
+        from shenhe.serving.reload import Reloader
 
         runtime.reloader = Reloader(runtime)
         runtime.reloader.start()

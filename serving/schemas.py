@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from models.policy import CATEGORY_SLUGS
-from models.types import Prediction
-from serving.config import MAX_ID_CHARS, MAX_ITEMS
+from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.models.types import Prediction
+from shenhe.serving.config import MAX_ID_CHARS, MAX_ITEMS
 
 DecisionName = Literal["pass", "review", "block"]
 

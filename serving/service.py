@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import bentoml
 
-from serving.api import app as api_app
-from serving.config import ConfigError, ServingConfig, bentoml_timeout
-from serving.hardening import HardeningMiddleware
-from serving.logging import configure_logging
+from shenhe.serving.api import app as api_app
+from shenhe.serving.config import ConfigError, ServingConfig, bentoml_timeout
+from shenhe.serving.hardening import HardeningMiddleware
+from shenhe.serving.logging import configure_logging
 
 
 def _config_or_default() -> ServingConfig:
@@ -32,7 +32,7 @@ _CONFIG = _config_or_default()
 
 
 def _live_precision_text(runtime: object) -> str:
-    from serving.live_precision import for_runtime, metrics_text
+    from shenhe.serving.live_precision import for_runtime, metrics_text
 
     try:
         return metrics_text(for_runtime(runtime).report())  # type: ignore[arg-type]
@@ -45,7 +45,7 @@ def _reload_on_sighup(runtime: object) -> None:
     import signal
     import threading
 
-    from serving.logging import log_event
+    from shenhe.serving.logging import log_event
 
     reloader = getattr(runtime, "reloader", None)
     if reloader is None or not hasattr(signal, "SIGHUP"):
@@ -70,7 +70,7 @@ def _reload_on_sighup(runtime: object) -> None:
 @bentoml.asgi_app(api_app, path="/", name="shenhe-v1")
 class Shenhe:
     def __init__(self) -> None:
-        from serving.runtime import Runtime
+        from shenhe.serving.runtime import Runtime
 
         configure_logging()
         self.runtime = Runtime.start(ServingConfig.from_env())

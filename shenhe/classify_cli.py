@@ -11,9 +11,9 @@ from typing import Annotated, Any, TextIO
 
 import typer
 
-from models.bundle import BundleError
-from models.policy import CATEGORY_SLUGS, PolicyError
-from shenhe.errors import UserError, cli_errors
+from shenhe.models.bundle import BundleError
+from shenhe.models.errors import UserError, cli_errors
+from shenhe.models.policy import CATEGORY_SLUGS, PolicyError
 
 CHUNK = 256  # texts per predictor call when streaming a file
 
@@ -142,14 +142,14 @@ def classify_cmd(
                 raise UserError("--url streams a file: use it with --input FILE.jsonl --output FILE.jsonl")
             if output_path is None:
                 raise UserError("--url needs --output FILE.jsonl")
-            from serving.client import classify_file
+            from shenhe.serving.client import classify_file
 
             summary = classify_file(url=url, input_path=input_path, output_path=output_path, api_key=api_key,
                                     batch_size=batch_size, text_field=text_field, progress=not quiet)
             print(f"classified {summary.items} texts through {url} -> {output_path} "
                   f"({dict(summary.decisions)}, {summary.errors} refused)", file=sys.stderr)
             return
-        from models.predictor import Predictor
+        from shenhe.models.predictor import Predictor
 
         predictor = Predictor(bundle, policy=policy, intra_op_threads=threads)
         if text is not None:

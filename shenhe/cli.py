@@ -8,7 +8,7 @@ import importlib.util
 
 import typer
 
-from models.cli import normalize_cmd, policy_app
+from shenhe.models.cli import normalize_cmd, policy_app
 
 app = typer.Typer(
     name="shenhe",
@@ -32,12 +32,12 @@ def _register(module: str) -> None:
 
 
 for _module in (
-    "training.data.cli",
-    "training.encoder.cli",
-    "training.finetune.cli",
+    "shenhe.training.data.cli",
+    "shenhe.training.encoder.cli",
+    "shenhe.training.finetune.cli",
     "shenhe.classify_cli",
-    "serving.cli",
-    "eval.cli",
+    "shenhe.serving.cli",
+    "shenhe.eval.cli",
 ):
     _register(_module)
 

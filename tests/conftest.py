@@ -19,10 +19,10 @@ def build_tiny_run(root: Path, max_steps: int = 12) -> Path:
     """Tiny encoder + a short training run in ``root``; returns the run directory."""
     import torch
 
-    from training.finetune.args import TrainingArguments
-    from training.finetune.dataset import read_split
-    from training.finetune.tiny import make_tiny_encoder
-    from training.finetune.trainer import train
+    from shenhe.training.finetune.args import TrainingArguments
+    from shenhe.training.finetune.dataset import read_split
+    from shenhe.training.finetune.tiny import make_tiny_encoder
+    from shenhe.training.finetune.trainer import train
 
     torch.set_num_threads(1)
     texts = read_split(FIXTURE_DATA / "train.jsonl").texts + read_split(FIXTURE_DATA / "dev.jsonl").texts
@@ -45,7 +45,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_run: Path) -> Path:
-    from training.finetune.export import ExportOptions, export_bundle
+    from shenhe.training.finetune.export import ExportOptions, export_bundle
 
     out = tiny_run.parent / "bundle"
     # The scheme the default bundle ships (dynamic INT8 on the fused graph), so every area's tests run it.

@@ -7,8 +7,8 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from models.policy import SHIPPED_POLICY
 from shenhe.cli import app
+from shenhe.models.policy import SHIPPED_POLICY
 
 runner = CliRunner()
 
@@ -24,7 +24,7 @@ def test_policy_show_lists_nine_categories() -> None:
 def test_policy_show_is_the_policy_classify_uses(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from models.bundle import load_bundle
+    from shenhe.models.bundle import load_bundle
 
     monkeypatch.delenv("SHENHE_POLICY", raising=False)
     monkeypatch.delenv("SHENHE_BUNDLE", raising=False)

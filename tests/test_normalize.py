@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.normalize import normalize, normalize_text
+from shenhe.models.normalize import normalize, normalize_text
 
 
 def test_issue_example_is_simplified_half_width_and_clean() -> None:

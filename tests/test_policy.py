@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from models.policy import CATEGORY_SLUGS, SHIPPED_POLICY, PolicyError, load_policy, parse_policy
+from shenhe.models.policy import CATEGORY_SLUGS, SHIPPED_POLICY, PolicyError, load_policy, parse_policy
 
 
 def _shipped() -> dict:

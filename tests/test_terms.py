@@ -7,10 +7,10 @@ from datetime import date
 
 import pytest
 
-from models.normalize import normalize
-from models.policy import load_policy
-from models.terms import TermMatcher
-from models.types import TermMatch
+from shenhe.models.normalize import normalize
+from shenhe.models.policy import load_policy
+from shenhe.models.terms import TermMatcher
+from shenhe.models.types import TermMatch
 
 
 @pytest.fixture(scope="module")

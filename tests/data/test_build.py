@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from training.data.build import BuildConfig, BuildError, build
-from training.data.records import SPLITS
-from training.data.verify import bad_rows, count_table, cross_split_texts, read_build
+from shenhe.training.data.build import BuildConfig, BuildError, build
+from shenhe.training.data.records import SPLITS
+from shenhe.training.data.verify import bad_rows, count_table, cross_split_texts, read_build
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.data.cards import missing_cards, render_source_counts, update_card
-from training.data.records import SPLITS
-from training.data.sources import ALL_SOURCES
+from shenhe.training.data.cards import missing_cards, render_source_counts, update_card
+from shenhe.training.data.records import SPLITS
+from shenhe.training.data.sources import ALL_SOURCES
 
 CARDS = Path(__file__).resolve().parents[2] / "data_cards"
 

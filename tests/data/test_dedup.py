@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from training.data.dedup import dedup_key, resolve_labels
-from training.data.records import Record
+from shenhe.training.data.dedup import dedup_key, resolve_labels
+from shenhe.training.data.records import Record
 
 BASE = "河南人都是小偷，偷井盖的"
 

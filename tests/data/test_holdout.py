@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import training.data.holdout as holdout
-from training.data.build import BuildConfig, build
-from training.data.dedup import dedup_key
-from training.data.holdout import (
+import shenhe.training.data.holdout as holdout
+from shenhe.training.data.build import BuildConfig, build
+from shenhe.training.data.dedup import dedup_key
+from shenhe.training.data.holdout import (
     DEFAULT_HELDOUT_DIR,
     MAX_SEED_SIMILARITY,
     PART_DEV,
@@ -19,8 +19,8 @@ from training.data.holdout import (
     is_held_apart,
     nearest,
 )
-from training.data.records import IssueLog
-from training.data.sources.jsonl import load_seed
+from shenhe.training.data.records import IssueLog
+from shenhe.training.data.sources.jsonl import load_seed
 
 SEED_ONLY = ("national_security", "national_honor", "religion_cult")
 EXAMPLES = ("河南人也好，东北人也好，地域黑真的没意思。", "女性在职场上仍然面临不少歧视，这个问题需要正视。")

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from models.policy import CATEGORY_SLUGS
-from training.data.build import DEFAULT_SEED_DIR, BuildConfig, build
-from training.data.cards import missing_cards, update_cards
-from training.data.records import SPLITS
-from training.data.verify import bad_rows, count_table, cross_split_texts, read_build
+from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.training.data.build import DEFAULT_SEED_DIR, BuildConfig, build
+from shenhe.training.data.cards import missing_cards, update_cards
+from shenhe.training.data.records import SPLITS
+from shenhe.training.data.verify import bad_rows, count_table, cross_split_texts, read_build
 
 REPO = Path(__file__).resolve().parents[2]
 RAW = REPO.parent / "shared" / "data"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training.data.records import IssueLog, Record
-from training.data.sources import (
+from shenhe.training.data.records import IssueLog, Record
+from shenhe.training.data.sources import (
     PUBLIC_SOURCES,
     ced,
     checked,

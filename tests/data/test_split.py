@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from training.data.records import Record
-from training.data.split import assign_split, bucket
+from shenhe.training.data.records import Record
+from shenhe.training.data.split import assign_split, bucket
 
 
 def rec(source: str, split: str | None = None) -> Record:

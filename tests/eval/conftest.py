@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eval.data import EvalSet, read_eval_file
-from eval.metrics import Thresholds, decide
-from eval.scoring import Scored, from_predictions
-from models.normalize import normalize_text
-from models.policy import CATEGORY_SLUGS, Policy, load_policy
-from models.types import ModelInfo, Prediction, Reason
+from shenhe.eval.data import EvalSet, read_eval_file
+from shenhe.eval.metrics import Thresholds, decide
+from shenhe.eval.scoring import Scored, from_predictions
+from shenhe.models.normalize import normalize_text
+from shenhe.models.policy import CATEGORY_SLUGS, Policy, load_policy
+from shenhe.models.types import ModelInfo, Prediction, Reason
 
 FIXTURES = Path(__file__).with_name("fixtures")
 HAND8 = FIXTURES / "hand8.jsonl"
@@ -123,7 +123,7 @@ class FakeBaseline:
 @pytest.fixture(scope="session")
 def full_report(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """One complete run on hand8 with --compare, --baseline, --perturb and --prevalence (fake models)."""
-    from eval.run import EvalConfig, run_eval
+    from shenhe.eval.run import EvalConfig, run_eval
 
     data = read_eval_file(HAND8)
     table = dict(zip(data.texts, hand8_scores(), strict=True))

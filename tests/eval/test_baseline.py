@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import eval.report
-import eval.run
+import shenhe.eval.report
+import shenhe.eval.run
 from shenhe.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,11 +29,11 @@ def tfidf_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_baseline_numbers_next_to_bundle(tfidf_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          hand8, hand8_array, fake_predictor_cls) -> None:  # type: ignore[no-untyped-def]
-    from models.baseline import load_baseline
+    from shenhe.models.baseline import load_baseline
 
     table = dict(zip(hand8.texts, hand8_array, strict=True))
-    monkeypatch.setattr(eval.run, "_default_factory", lambda *a: fake_predictor_cls(table))
-    monkeypatch.setattr(eval.report, "_figures", lambda inp: dict.fromkeys(
+    monkeypatch.setattr(shenhe.eval.run, "_default_factory", lambda *a: fake_predictor_cls(table))
+    monkeypatch.setattr(shenhe.eval.report, "_figures", lambda inp: dict.fromkeys(
         ("pr", "reliability", "operating", "histogram", "confusion"), "AAAA"))
     res = runner.invoke(app, ["eval", "--data", str(HAND8), "--out", str(tmp_path), "--baseline", str(tfidf_run),
                               "--quiet"])

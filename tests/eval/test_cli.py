@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import eval.report
-import eval.run
+import shenhe.eval.report
+import shenhe.eval.run
 from shenhe.cli import app
 
 HAND8 = Path(__file__).with_name("fixtures") / "hand8.jsonl"
@@ -26,9 +26,9 @@ def fake_models(monkeypatch: pytest.MonkeyPatch, hand8, hand8_array, fake_predic
         made.append((bundle, policy, threads))
         return fake_predictor_cls(table)
 
-    monkeypatch.setattr(eval.run, "_default_factory", factory)
+    monkeypatch.setattr(shenhe.eval.run, "_default_factory", factory)
     # drawing is covered by test_report / test_tiny_bundle; here only the command's plumbing
-    monkeypatch.setattr(eval.report, "_figures", lambda inp: dict.fromkeys(
+    monkeypatch.setattr(shenhe.eval.report, "_figures", lambda inp: dict.fromkeys(
         ("pr", "reliability", "operating", "histogram", "confusion", "robustness"), "AAAA"))
     return made
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.compare import compare_runs, direction
-from models.policy import CATEGORY_SLUGS
+from shenhe.eval.compare import compare_runs, direction
+from shenhe.models.policy import CATEGORY_SLUGS
 
 RUMOR = CATEGORY_SLUGS.index("rumor")
 INSULT = CATEGORY_SLUGS.index("insult_defamation")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.data import EvalDataError, read_eval_file
-from models.policy import CATEGORY_SLUGS
+from shenhe.eval.data import EvalDataError, read_eval_file
+from shenhe.models.policy import CATEGORY_SLUGS
 
 
 def write(tmp_path: Path, lines: list[str], name: str = "data.jsonl") -> Path:

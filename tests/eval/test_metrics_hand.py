@@ -19,10 +19,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.data import EvalSet
-from eval.evaluate import evaluate
-from eval.metrics import decide, flat_metrics, ones_weights, operating_curve
-from eval.scoring import Scored
+from shenhe.eval.data import EvalSet
+from shenhe.eval.evaluate import evaluate
+from shenhe.eval.metrics import decide, flat_metrics, ones_weights, operating_curve
+from shenhe.eval.scoring import Scored
 
 approx = pytest.approx
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from eval.metrics import (
+from shenhe.eval.metrics import (
     counts,
     expected_calibration_error,
     precision_recall_f1,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from pypinyin import lazy_pinyin
 
-from eval.data import EvalSet
-from eval.perturb import PERTURBATIONS, perturb_texts, robustness_section
-from eval.scoring import Scored
-from models.normalize import normalize_text
+from shenhe.eval.data import EvalSet
+from shenhe.eval.perturb import PERTURBATIONS, perturb_texts, robustness_section
+from shenhe.eval.scoring import Scored
+from shenhe.models.normalize import normalize_text
 
 TEXTS = [
     "你就是个傻逼，滚出去",
@@ -87,7 +87,7 @@ def _undo(text: str, table: dict[str, str]) -> str:
 
 
 def test_emoji_rewrites_harmful_and_harmless_texts_by_the_table() -> None:
-    from eval.perturb import EMOJI_TABLE
+    from shenhe.eval.perturb import EMOJI_TABLE
 
     texts = ["你妈死了，你这条狗", "我家的猫和狗都很可爱", "河南人也好，东北人也好，地域黑真的没意思。"]
     out = perturb_texts(texts * 20, "emoji", seed=0)
@@ -100,7 +100,7 @@ def test_emoji_rewrites_harmful_and_harmless_texts_by_the_table() -> None:
 
 
 def test_split_characters_writes_components() -> None:
-    from eval.perturb import SPLIT_TABLE
+    from shenhe.eval.perturb import SPLIT_TABLE
 
     out = perturb_texts(["你妈的，拿枪来", "今天的天气很好"] * 20, "split", seed=1)
     assert any("女马" in o for o in out[::2]) and any("木仓" in o for o in out[::2])

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from eval.promote import PromotionRule, judge, swap_in
-from models.bundle import BundleError, load_bundle
-from models.policy import CATEGORY_SLUGS
 from shenhe.cli import app
+from shenhe.eval.promote import PromotionRule, judge, swap_in
+from shenhe.models.bundle import BundleError, load_bundle
+from shenhe.models.policy import CATEGORY_SLUGS
 
 RUMOR = CATEGORY_SLUGS.index("rumor")
 INSULT = CATEGORY_SLUGS.index("insult_defamation")
@@ -57,7 +57,7 @@ def test_tolerance_and_category_switch_relax_the_gate(synthetic: tuple, scored) 
 
 def test_a_set_without_positives_cannot_judge(synthetic: tuple, scored) -> None:
     _, good, _ = synthetic
-    from eval.errors import EvalDataError
+    from shenhe.eval.errors import EvalDataError
 
     with pytest.raises(EvalDataError, match="no positive labels"):
         judge(np.zeros_like(good, dtype=bool), scored(good, "a"), scored(good, "b"), PromotionRule(n_bootstrap=200))
@@ -98,8 +98,8 @@ def test_cli_refuses_a_worse_bundle_and_leaves_the_target(tiny_bundle: Path, tmp
                                                           monkeypatch: pytest.MonkeyPatch, scored) -> None:
     """The scores are stubbed (a random tiny model has no reliable 'worse'); loading, judging, the exit
     code, the message and the untouched target are real."""
-    import eval.promote as promote_mod
-    from eval.data import read_eval_file
+    import shenhe.eval.promote as promote_mod
+    from shenhe.eval.data import read_eval_file
 
     y = read_eval_file(HAND8).y_true
     perfect = y.astype(float)

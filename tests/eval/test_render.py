@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from eval.run import EvalResult
+from shenhe.eval.run import EvalResult
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "render_report.py"
 

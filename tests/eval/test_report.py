@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import re
 
-from eval.data import read_eval_file
-from eval.report import ReportInputs, render_report
-from eval.run import EvalResult
-from eval.scoring import from_predictions
+from shenhe.eval.data import read_eval_file
+from shenhe.eval.report import ReportInputs, render_report
+from shenhe.eval.run import EvalResult
+from shenhe.eval.scoring import from_predictions
 
 IMG = re.compile(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"')
 
@@ -78,11 +78,11 @@ def test_prevalence_and_reviewers_in_summary(full_report: EvalResult) -> None:
 
 
 def test_user_text_is_escaped(tmp_path, fake_predictor_cls, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import eval.report
-    from eval.evaluate import evaluate
+    import shenhe.eval.report
+    from shenhe.eval.evaluate import evaluate
 
     # this test is about escaping: skip drawing the figures
-    monkeypatch.setattr(eval.report, "_figures", lambda inp: dict.fromkeys(
+    monkeypatch.setattr(shenhe.eval.report, "_figures", lambda inp: dict.fromkeys(
         ("pr", "reliability", "operating", "histogram", "confusion"), "AAAA"))
 
     p = tmp_path / "xss.jsonl"

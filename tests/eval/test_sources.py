@@ -7,11 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from eval.metrics import BLOCK, PASS, REVIEW, Thresholds, wilson_interval
-from eval.perturb import robustness_section
-from eval.scoring import Scored
-from eval.sources import MIN_POSITIVES, block_precision_section, harmless_review_section
-from models.policy import CATEGORY_SLUGS
+from shenhe.eval.metrics import BLOCK, PASS, REVIEW, Thresholds, wilson_interval
+from shenhe.eval.perturb import robustness_section
+from shenhe.eval.scoring import Scored
+from shenhe.eval.sources import MIN_POSITIVES, block_precision_section, harmless_review_section
+from shenhe.models.policy import CATEGORY_SLUGS
 
 C = 9
 S0, S2 = CATEGORY_SLUGS[0], CATEGORY_SLUGS[2]  # the columns the tests fill

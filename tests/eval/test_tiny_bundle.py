@@ -14,11 +14,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from eval.data import read_eval_file
-from models.bundle import load_bundle
-from models.policy import CATEGORY_SLUGS
-from models.predictor import Predictor
 from shenhe.cli import app
+from shenhe.eval.data import read_eval_file
+from shenhe.models.bundle import load_bundle
+from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.models.predictor import Predictor
 
 HAND8 = Path(__file__).with_name("fixtures") / "hand8.jsonl"
 runner = CliRunner()

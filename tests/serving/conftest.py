@@ -28,8 +28,8 @@ import yaml
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
-    from serving.queue import ReviewStore
-    from serving.runtime import Runtime
+    from shenhe.serving.queue import ReviewStore
+    from shenhe.serving.runtime import Runtime
 
 REPO = Path(__file__).resolve().parents[2]
 REVIEW_TERMS = ("傻逼", "废物")
@@ -52,7 +52,7 @@ def auth(role: str) -> dict[str, str]:
 
 
 def write_test_policy(path: Path, version: str = "test-2026.1") -> Path:
-    from models.policy import load_policy
+    from shenhe.models.policy import load_policy
 
     policy = load_policy()
     updates: dict[str, dict[str, object]] = {
@@ -290,7 +290,7 @@ def server(request: pytest.FixtureRequest) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def store(server: ServerProcess) -> Iterator[ReviewStore]:
-    from serving.queue import ReviewStore
+    from shenhe.serving.queue import ReviewStore
 
     s = ReviewStore(str(server.extra["db_url"]))
     yield s
@@ -299,9 +299,9 @@ def store(server: ServerProcess) -> Iterator[ReviewStore]:
 
 def inprocess_runtime(tiny_bundle: Path, files: dict[str, Path], tmp_path: Path, **settings: Any) -> Iterator[Runtime]:
     """A Runtime on the tiny bundle and a fresh SQLite queue, installed in the /v1 app (no server)."""
-    from serving.api import app
-    from serving.config import ServingConfig
-    from serving.runtime import Runtime
+    from shenhe.serving.api import app
+    from shenhe.serving.config import ServingConfig
+    from shenhe.serving.runtime import Runtime
 
     rt = Runtime.start(ServingConfig.from_env({}, bundle=tiny_bundle, policy=files["policy"],
                                               db_url=f"sqlite:///{tmp_path / 'q.db'}", ort_threads=1, **settings))
@@ -314,6 +314,6 @@ def inprocess_runtime(tiny_bundle: Path, files: dict[str, Path], tmp_path: Path,
 def loopback_client() -> TestClient:
     from fastapi.testclient import TestClient
 
-    from serving.api import app
+    from shenhe.serving.api import app
 
     return TestClient(app, client=("127.0.0.1", 40000))

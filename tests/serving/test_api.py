@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from models.policy import CATEGORY_SLUGS
-from serving.queue import ReviewStore
+from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.serving.queue import ReviewStore
 from tests.serving.conftest import EVERYDAY, INSULT, KEYS, ServerProcess, auth
 
 pytestmark = pytest.mark.integration
@@ -58,7 +58,7 @@ def assert_error(resp: httpx.Response, status: int, code: str) -> dict:
 
 
 def test_classify_insult_reviewed_everyday_passes(server: ServerProcess, tiny_bundle: Path) -> None:
-    from models.bundle import load_bundle
+    from shenhe.models.bundle import load_bundle
 
     manifest = load_bundle(tiny_bundle).manifest
     caller = f"post-{uid()}"

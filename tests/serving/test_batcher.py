@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from models.windowing import Window
-from serving.batcher import BatcherConfig, Cancelled, DeadlineExceeded, MicroBatcher, QueueFull
+from shenhe.models.windowing import Window
+from shenhe.serving.batcher import BatcherConfig, Cancelled, DeadlineExceeded, MicroBatcher, QueueFull
 
 PAD = 0
 

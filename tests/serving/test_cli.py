@@ -72,9 +72,9 @@ def test_keyless_server_binds_loopback_and_says_so(tiny_bundle: Path, serving_fi
 def test_keyless_app_refuses_non_loopback_clients(tiny_bundle: Path, serving_files: dict[str, Path],
                                                   tmp_path: Path) -> None:
     """Defence in depth behind the bind address, checked in-process with a fake client address."""
-    from serving.api import app
-    from serving.config import ServingConfig
-    from serving.runtime import Runtime
+    from shenhe.serving.api import app
+    from shenhe.serving.config import ServingConfig
+    from shenhe.serving.runtime import Runtime
 
     runtime = Runtime.start(ServingConfig.from_env({}, bundle=tiny_bundle, policy=serving_files["policy"],
                                                    db_url=f"sqlite:///{tmp_path / 'q.db'}", ort_threads=1))

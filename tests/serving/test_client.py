@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.client import InputFileError, ShenheClient, ShenheError, classify_file
-from shenhe.errors import UserError
+from shenhe.models.errors import UserError
+from shenhe.serving.client import InputFileError, ShenheClient, ShenheError, classify_file
 from tests.serving.conftest import EVERYDAY, INSULT, KEYS, ServerProcess
 
 

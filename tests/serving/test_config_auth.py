@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.auth import AuthFailure, KeyRing, KeysFileError, digest, presented_key
-from serving.config import ConfigError, ServingConfig
+from shenhe.serving.auth import AuthFailure, KeyRing, KeysFileError, digest, presented_key
+from shenhe.serving.config import ConfigError, ServingConfig
 
 
 def test_defaults_and_env() -> None:

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.engine import make_url
 
-from models.types import ModelInfo, Prediction, Reason
-from serving.queue import NewReviewItem, ReviewStore, review_items
+from shenhe.models.types import ModelInfo, Prediction, Reason
+from shenhe.serving.queue import NewReviewItem, ReviewStore, review_items
 from tests.serving.conftest import INSULT, KEYS, ServerProcess, auth
 
 pytestmark = pytest.mark.integration

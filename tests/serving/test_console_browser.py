@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serving.queue import ReviewStore
+from shenhe.serving.queue import ReviewStore
 from tests.serving.conftest import KEYS, ServerProcess, auth
 from tests.serving.test_console import seed_block_audits
 

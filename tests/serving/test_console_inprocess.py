@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from models.types import ModelInfo, Prediction, Reason
-from serving.live_precision import for_runtime
-from serving.runtime import Runtime
+from shenhe.models.types import ModelInfo, Prediction, Reason
+from shenhe.serving.live_precision import for_runtime
+from shenhe.serving.runtime import Runtime
 from tests.serving.conftest import INSULT, inprocess_runtime, loopback_client
 
 

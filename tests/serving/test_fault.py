@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from serving.queue import ReviewStore, review_items
+from shenhe.serving.queue import ReviewStore, review_items
 from tests.serving.conftest import INSULT, ServerProcess, auth, free_port, server_env
 
 pytestmark = pytest.mark.integration

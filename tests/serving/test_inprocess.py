@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.batcher import QueueFull
-from serving.queue import ReviewStore
-from serving.runtime import Runtime
+from shenhe.serving.batcher import QueueFull
+from shenhe.serving.queue import ReviewStore
+from shenhe.serving.runtime import Runtime
 from tests.serving.conftest import EVERYDAY, INSULT, REPO, inprocess_runtime, loopback_client
 
 TEXTS = [INSULT, EVERYDAY, "", "废物", "這是繁體字", "😀" * 3, EVERYDAY * 40]
@@ -120,7 +120,7 @@ def test_unreachable_queue_is_503_and_not_ready(runtime: Runtime, client: TestCl
 class _Capture(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
-        from serving.logging import JsonFormatter
+        from shenhe.serving.logging import JsonFormatter
 
         self.setFormatter(JsonFormatter())
         self.lines: list[str] = []
@@ -150,10 +150,10 @@ def test_a_serving_process_never_imports_torch(tiny_bundle: Path, serving_files:
     script = f"""
 import sys
 from fastapi.testclient import TestClient
-import serving.service  # the BentoML service module, as a worker imports it
-from serving.api import app
-from serving.config import ServingConfig
-from serving.runtime import Runtime
+import shenhe.serving.service  # the BentoML service module, as a worker imports it
+from shenhe.serving.api import app
+from shenhe.serving.config import ServingConfig
+from shenhe.serving.runtime import Runtime
 app.state.runtime = Runtime.start(ServingConfig.from_env({{}}, bundle={str(tiny_bundle)!r},
     policy={str(serving_files['policy'])!r}, db_url={f'sqlite:///{tmp_path / "q.db"}'!r}, ort_threads=1))
 r = TestClient(app, client=("127.0.0.1", 1)).post("/v1/classify", json={{"items": [{{"text": "你这个傻逼"}}]}})

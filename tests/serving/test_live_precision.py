@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from models.policy import CATEGORY_SLUGS, load_policy
-from serving.live_precision import MIN_FLAG_SAMPLES, estimate, metrics_text, wilson
-from serving.queue import sampled
+from shenhe.models.policy import CATEGORY_SLUGS, load_policy
+from shenhe.serving.live_precision import MIN_FLAG_SAMPLES, estimate, metrics_text, wilson
+from shenhe.serving.queue import sampled
 
 
 def test_wilson_interval_known_values() -> None:

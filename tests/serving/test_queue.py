@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text, update
 
-from models.policy import CATEGORY_SLUGS
-from models.types import ModelInfo, Prediction, Reason, TermMatch
-from serving.queue import (
+from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.models.types import ModelInfo, Prediction, Reason, TermMatch
+from shenhe.serving.queue import (
     NewReviewItem,
     QueueError,
     QueueUnavailable,

@@ -17,8 +17,8 @@ import httpx
 import numpy as np
 import pytest
 
-from models.policy import load_policy
-from serving.runtime import Runtime
+from shenhe.models.policy import load_policy
+from shenhe.serving.runtime import Runtime
 from tests.serving.conftest import (
     EVERYDAY,
     INSULT,
@@ -125,7 +125,7 @@ def test_broken_bundle_refused_inprocess(runtime: Runtime, files: dict[str, Path
 
 
 def test_bundle_swap_inflight_finishes_on_old_model(runtime: Runtime, files: dict[str, Path], tmp_path: Path) -> None:
-    from models.predictor import Predictor
+    from shenhe.models.predictor import Predictor
 
     old_scheduler = runtime.scheduler
     slow_run = old_scheduler.batcher.run

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from models.policy import CATEGORY_SLUGS
+from shenhe.models.policy import CATEGORY_SLUGS
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.bundle import DEFAULT_BUNDLE_DIR
+from shenhe.models.bundle import DEFAULT_BUNDLE_DIR
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_BUNDLE_DIR / "bundle.json").is_file(),
                                 reason="models/default not exported yet")
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_BUNDLE_DIR / "bundle.json").is_file
 
 @pytest.fixture(scope="module")
 def predictor():  # type: ignore[no-untyped-def]
-    from models.predictor import Predictor
+    from shenhe.models.predictor import Predictor
 
     return Predictor(DEFAULT_BUNDLE_DIR)
 

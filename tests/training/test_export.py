@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.bundle import load_bundle
-from models.normalize import normalize_text
-from models.policy import CATEGORY_SLUGS
-from models.windowing import WindowTokenizer
+from shenhe.models.bundle import load_bundle
+from shenhe.models.normalize import normalize_text
+from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.models.windowing import WindowTokenizer
 
 TEXTS = [
     "你这个傻逼，滚回你老家去", "今天天气不错，出去走走", "好", "高薪兼职刷单，日结三百，加微信详聊",
@@ -23,8 +23,8 @@ TEXTS = [
 def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     import torch
 
-    from training.finetune.backend import export_onnx, ort_session
-    from training.finetune.model import load_model
+    from shenhe.training.finetune.backend import export_onnx, ort_session
+    from shenhe.training.finetune.model import load_model
 
     torch.set_num_threads(1)
     model, tok, meta = load_model(tiny_run / "model", attn_implementation="eager")
@@ -35,7 +35,7 @@ def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type:
 
 
 def test_fp32_onnx_matches_torch(exported) -> None:  # type: ignore[no-untyped-def]
-    from training.finetune.backend import max_prob_diff, onnx_window_logits, torch_window_logits
+    from shenhe.training.finetune.backend import max_prob_diff, onnx_window_logits, torch_window_logits
 
     model, session, windower = exported
     norm = [normalize_text(t) for t in TEXTS]
@@ -50,10 +50,10 @@ def test_fp32_onnx_matches_torch(exported) -> None:  # type: ignore[no-untyped-d
 
 
 def test_int8_is_judged_by_its_own_quality_against_fp32(tiny_bundle: Path, exported) -> None:  # type: ignore[no-untyped-def]
-    from training.finetune.backend import onnx_window_logits, ort_session
-    from training.finetune.calibrate import apply_calibration
-    from training.finetune.dataset import read_split
-    from training.finetune.quality import MAX_DROP
+    from shenhe.training.finetune.backend import onnx_window_logits, ort_session
+    from shenhe.training.finetune.calibrate import apply_calibration
+    from shenhe.training.finetune.dataset import read_split
+    from shenhe.training.finetune.quality import MAX_DROP
 
     _, fp32, windower = exported
     b = load_bundle(tiny_bundle)
@@ -86,7 +86,7 @@ def test_metrics_record_parity_and_both_splits(tiny_bundle: Path) -> None:
 
 
 def test_quality_gate_flags_each_drop_over_half_a_point() -> None:
-    from training.finetune.quality import Judged, quality_drops, quality_failures
+    from shenhe.training.finetune.quality import Judged, quality_drops, quality_failures
 
     def judged(f1: float, ap: float) -> Judged:
         return Judged(calibration={}, points=[], policy=None, dev_probs=np.zeros((1, 9)),  # type: ignore[arg-type]
@@ -129,8 +129,8 @@ def test_model_card_names_data_metrics_and_limits(tiny_bundle: Path) -> None:
 def test_model_card_states_weight_averaging(tiny_bundle: Path) -> None:
     import json
 
-    from models.bundle import load_bundle, read_manifest
-    from training.finetune.model_card import render_model_card
+    from shenhe.models.bundle import load_bundle, read_manifest
+    from shenhe.training.finetune.model_card import render_model_card
 
     metrics = json.loads((tiny_bundle / "metrics.json").read_text(encoding="utf-8"))
     metrics["training"]["averaging"] = {"snapshot_steps": [1400, 1600, 2743], "used": True, "dev_eval_macro_f1": 0.93,
@@ -147,11 +147,11 @@ def test_model_card_states_weight_averaging(tiny_bundle: Path) -> None:
 @pytest.mark.parametrize("scheme", ["weight-only", "weight-only-fp32"])
 def test_weight_only_int8_is_close_to_fp32_and_batch_independent(exported, tmp_path: Path, scheme: str,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from training.finetune.backend import max_prob_diff, onnx_window_logits, ort_session, quantize_int8
+    from shenhe.training.finetune.backend import max_prob_diff, onnx_window_logits, ort_session, quantize_int8
 
     model, fp32, windower = exported
     src = tmp_path / "fp32.onnx"
-    from training.finetune.backend import export_onnx
+    from shenhe.training.finetune.backend import export_onnx
 
     export_onnx(model, src, pad_token_id=windower.pad_token_id)
     out = tmp_path / f"{scheme}.onnx"
@@ -173,8 +173,8 @@ def test_weight_only_int8_is_close_to_fp32_and_batch_independent(exported, tmp_p
 
 
 def test_export_can_force_a_scheme(tiny_run: Path, tmp_path: Path) -> None:
-    from models.predictor import Predictor
-    from training.finetune.export import ExportOptions, export_bundle
+    from shenhe.models.predictor import Predictor
+    from shenhe.training.finetune.export import ExportOptions, export_bundle
 
     out = export_bundle(ExportOptions(run=tiny_run, out=tmp_path / "wo", name="tiny-wo", version="0.0.1", threads=1,
                                       show_progress=False, allow_parity_failure=True, quantization="weight-only"))
@@ -189,8 +189,8 @@ def test_export_can_force_a_scheme(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_auto_ships_the_fastest_scheme_whose_quality_holds(tiny_run: Path, tmp_path: Path) -> None:
-    from training.finetune.backend import QUANT_SCHEMES
-    from training.finetune.export import ExportOptions, export_bundle
+    from shenhe.training.finetune.backend import QUANT_SCHEMES
+    from shenhe.training.finetune.export import ExportOptions, export_bundle
 
     out = export_bundle(ExportOptions(run=tiny_run, out=tmp_path / "auto", name="tiny", version="0.0.1", threads=1,
                                       show_progress=False, allow_parity_failure=True))
@@ -204,8 +204,8 @@ def test_auto_ships_the_fastest_scheme_whose_quality_holds(tiny_run: Path, tmp_p
 
 
 def test_a_bundle_re_exports_from_its_own_weights(tiny_bundle: Path, tiny_run: Path, tmp_path: Path) -> None:
-    from models.predictor import Predictor
-    from training.finetune.export import ExportOptions, export_bundle
+    from shenhe.models.predictor import Predictor
+    from shenhe.training.finetune.export import ExportOptions, export_bundle
 
     base = json.loads((tiny_run / "run.json").read_text(encoding="utf-8"))["args"]["base"]
     out = export_bundle(ExportOptions(run=tiny_bundle, base=base, out=tmp_path / "again", name="tiny", version="0.0.2",
@@ -220,8 +220,8 @@ def test_a_bundle_re_exports_from_its_own_weights(tiny_bundle: Path, tiny_run: P
 
 
 def test_re_exporting_a_bundle_needs_its_base(tiny_bundle: Path, tmp_path: Path) -> None:
-    from training.finetune.errors import ExportError
-    from training.finetune.export import ExportOptions, export_bundle
+    from shenhe.training.finetune.errors import ExportError
+    from shenhe.training.finetune.export import ExportOptions, export_bundle
 
     with pytest.raises(ExportError, match="needs --base"):
         export_bundle(ExportOptions(run=tiny_bundle, out=tmp_path / "x", show_progress=False))
@@ -229,7 +229,7 @@ def test_re_exporting_a_bundle_needs_its_base(tiny_bundle: Path, tmp_path: Path)
 
 def test_quantiser_scratch_files_stay_out_of_the_callers_directory(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from training.finetune.backend import _scratch_cwd
+    from shenhe.training.finetune.backend import _scratch_cwd
 
     monkeypatch.chdir(tmp_path)
     with _scratch_cwd():
@@ -244,7 +244,7 @@ def test_thresholds_are_fit_on_dev_only_never_on_holdout(tiny_run: Path, tmp_pat
     gives the same thresholds and calibration as without it, and the bundle says what it fit on."""
     import shutil
 
-    from training.finetune.export import ExportOptions, export_bundle
+    from shenhe.training.finetune.export import ExportOptions, export_bundle
 
     src = Path(json.loads((tiny_run / "run.json").read_text(encoding="utf-8"))["args"]["data"])
     data = tmp_path / "data"

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.bundle import load_bundle
-from models.policy import CATEGORY_SLUGS
-from models.predictor import Predictor
-from models.types import DECISIONS, Prediction
+from shenhe.models.bundle import load_bundle
+from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.models.predictor import Predictor
+from shenhe.models.types import DECISIONS, Prediction
 
 INSULT = "你这个傻逼，滚回你老家去"
 NICE = "今天天气不错，出去走走"
@@ -136,8 +136,8 @@ def test_long_text_reason_points_at_a_window(predictor: Predictor) -> None:
 
 
 def test_long_text_score_is_max_over_its_windows(predictor: Predictor) -> None:
-    from models.normalize import normalize_text
-    from models.windowing import pad_batch
+    from shenhe.models.normalize import normalize_text
+    from shenhe.models.windowing import pad_batch
 
     text = FILLER + INSULT
     windows = predictor.windower.windows([normalize_text(text)])
@@ -167,7 +167,7 @@ def test_threads_are_set_explicitly(tiny_bundle: Path) -> None:
     p = Predictor(tiny_bundle, intra_op_threads=2)
     opts = p.session.get_session_options()
     assert opts.intra_op_num_threads == 2 and opts.inter_op_num_threads == 1
-    from models.predictor import default_threads
+    from shenhe.models.predictor import default_threads
 
     assert Predictor(tiny_bundle).session.get_session_options().intra_op_num_threads == default_threads()
     quiet = Predictor(tiny_bundle, intra_op_threads=1, allow_spinning=False).session.get_session_options()

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.normalize import normalize_text
-from models.windowing import WindowTokenizer, pad_batch
+from shenhe.models.normalize import normalize_text
+from shenhe.models.windowing import WindowTokenizer, pad_batch
 
 TEXTS = ["你这个傻逼，滚回你老家去", "今天天气不错，出去走走", "高薪兼职刷单，日结三百，加微信详聊", "好"]
 
 
 def test_smoothed_linear_is_the_same_function() -> None:
-    from training.finetune.smooth import SmoothedLinear
+    from shenhe.training.finetune.smooth import SmoothedLinear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(16, 8)
@@ -26,8 +26,8 @@ def test_smoothed_linear_is_the_same_function() -> None:
 
 
 def test_smoothing_a_model_keeps_its_outputs_and_evens_out_the_inputs(tiny_run: Path) -> None:
-    from training.finetune.model import load_model
-    from training.finetune.smooth import SmoothedLinear, smooth_for_int8
+    from shenhe.training.finetune.model import load_model
+    from shenhe.training.finetune.smooth import SmoothedLinear, smooth_for_int8
 
     model, tok, meta = load_model(tiny_run / "model", attn_implementation="eager")
     windower = WindowTokenizer(tok.backend_tokenizer, 48, 8, tok.pad_token_id, meta["text_prefix"])

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.baseline import BaselineError, load_baseline
-from models.policy import CATEGORY_SLUGS
+from shenhe.models.baseline import BaselineError, load_baseline
+from shenhe.models.policy import CATEGORY_SLUGS
 
 DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
 def tfidf_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.finetune.tfidf import TfidfArguments, train_tfidf
+    from shenhe.training.finetune.tfidf import TfidfArguments, train_tfidf
 
     out = tmp_path_factory.mktemp("tfidf")
     train_tfidf(TfidfArguments(data=DATA, out=out, min_train_positives=2, min_df=1), log=lambda *_: None)

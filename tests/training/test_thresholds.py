@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.policy import CATEGORY_SLUGS, load_policy
-from training.finetune.calibrate import fit_calibration, fit_platt
-from training.finetune.thresholds import (
+from shenhe.models.policy import CATEGORY_SLUGS, load_policy
+from shenhe.training.finetune.calibrate import fit_calibration, fit_platt
+from shenhe.training.finetune.thresholds import (
     apply_operating_points,
     choose_operating_point,
     choose_operating_points,

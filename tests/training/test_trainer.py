@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.finetune.dataset import length_grouped_batches, pos_weights, read_split, subsample
+from shenhe.training.finetune.dataset import length_grouped_batches, pos_weights, read_split, subsample
 
 DATA = Path(__file__).parent / "data"
 
 
 def _args(encoder: Path, out: Path, **kw):  # type: ignore[no-untyped-def]
-    from training.finetune.args import TrainingArguments
+    from shenhe.training.finetune.args import TrainingArguments
 
     base = dict(base=str(encoder), data=DATA, out=out, epochs=2, max_steps=8, batch_size=8, eval_batch_size=16,
                 learning_rate=1e-3, head_learning_rate=1e-2, max_length=48, window_stride=8, eval_every_steps=3,
@@ -42,7 +42,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_run: Path, tmp_path: P
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from training.finetune.trainer import Trainer, train
+    from shenhe.training.finetune.trainer import Trainer, train
 
     encoder = tiny_run.parent / "encoder"
     straight = _args(encoder, tmp_path / "straight")
@@ -74,8 +74,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_run: Path, tmp_path: P
 
 
 def test_existing_run_needs_resume(tiny_run: Path) -> None:
-    from training.finetune.errors import TrainError
-    from training.finetune.trainer import load_run_args, train
+    from shenhe.training.finetune.errors import TrainError
+    from shenhe.training.finetune.trainer import load_run_args, train
 
     args = load_run_args(tiny_run)
     with pytest.raises(TrainError, match="--resume"):
@@ -124,7 +124,7 @@ def test_length_grouped_batches_cover_every_row_once_with_little_padding() -> No
 def test_finished_run_continues_with_a_larger_budget(tiny_run: Path, tmp_path: Path) -> None:
     import torch
 
-    from training.finetune.trainer import load_run_args, train
+    from shenhe.training.finetune.trainer import load_run_args, train
 
     args = _args(tiny_run.parent / "encoder", tmp_path / "run", max_steps=4)
     train(args, show_progress=False)
@@ -139,7 +139,7 @@ def test_finished_run_continues_with_a_larger_budget(tiny_run: Path, tmp_path: P
 
 
 def test_oversampling_repeats_rare_positives_only() -> None:
-    from training.finetune.dataset import oversample_rare
+    from shenhe.training.finetune.dataset import oversample_rare
 
     train = read_split(DATA / "train.jsonl")
     out, factors = oversample_rare(train, min_positives=14)
@@ -154,7 +154,7 @@ def test_oversampling_repeats_rare_positives_only() -> None:
 
 
 def test_oversampling_reaches_the_run(tiny_run: Path, tmp_path: Path) -> None:
-    from training.finetune.trainer import train
+    from shenhe.training.finetune.trainer import train
 
     info = train(_args(tiny_run.parent / "encoder", tmp_path / "run", max_steps=2, oversample_rare=14),
                  show_progress=False)
@@ -191,7 +191,7 @@ def test_resume_on_the_command_line_can_change_budget_and_patience(tiny_run: Pat
 def test_snapshots_are_averaged_into_the_final_model(tiny_run: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from training.finetune.trainer import train
+    from shenhe.training.finetune.trainer import train
 
     args = _args(tiny_run.parent / "encoder", tmp_path / "avg", max_steps=7, snapshot_every_steps=2, average_last=3)
     info = train(args, show_progress=False)
@@ -215,7 +215,7 @@ def test_snapshots_are_averaged_into_the_final_model(tiny_run: Path, tmp_path: P
 def test_averaging_can_be_added_to_a_finished_run(tiny_run: Path, tmp_path: Path) -> None:
     import shutil
 
-    from training.finetune.trainer import load_run_args, train
+    from shenhe.training.finetune.trainer import load_run_args, train
 
     args = _args(tiny_run.parent / "encoder", tmp_path / "run", max_steps=6, snapshot_every_steps=2)
     train(args, show_progress=False)
@@ -241,7 +241,7 @@ def test_averaging_arguments_are_checked(tmp_path: Path, kw: dict, message: str)
 
 
 def test_no_step_evaluation_right_after_an_epoch_end_one(tiny_run: Path, tmp_path: Path) -> None:
-    from training.finetune.trainer import train
+    from shenhe.training.finetune.trainer import train
 
     info = train(_args(tiny_run.parent / "encoder", tmp_path / "run", max_steps=None, eval_every_steps=4),
                  show_progress=False)

@@ -14,15 +14,15 @@ pytest.importorskip("torch")
 
 
 def _fresh_model(encoder: Path):  # type: ignore[no-untyped-def]
-    from training.finetune.model import MultiLabelClassifier, load_base
+    from shenhe.training.finetune.model import MultiLabelClassifier, load_base
 
     enc, tok, prefix = load_base(str(encoder))
     return MultiLabelClassifier(enc), tok, prefix
 
 
 def _probe_windows(tok, prefix: str):  # type: ignore[no-untyped-def]
-    from models.windowing import WindowTokenizer
-    from training.finetune.dataset import read_split
+    from shenhe.models.windowing import WindowTokenizer
+    from shenhe.training.finetune.dataset import read_split
 
     windower = WindowTokenizer(tok.backend_tokenizer, 48, 8, pad_token_id=1, text_prefix=prefix)
     return windower.first_windows(read_split(FIXTURE_DATA / "dev.jsonl").normalized[:16])
@@ -35,8 +35,8 @@ def _used_params(model) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def
 
 
 def test_init_from_a_run_loads_its_exact_weights(tiny_run: Path) -> None:
-    from training.finetune.model import load_model
-    from training.finetune.warm_start import init_from
+    from shenhe.training.finetune.model import load_model
+    from shenhe.training.finetune.warm_start import init_from
 
     trained, _, _ = load_model(tiny_run / "model")
     model, tok, _ = _fresh_model(tiny_run.parent / "encoder")
@@ -50,9 +50,9 @@ def test_init_from_a_run_loads_its_exact_weights(tiny_run: Path) -> None:
 
 @pytest.mark.parametrize("scheme", ["dynamic", "dynamic-mixed", "weight-only"])
 def test_init_from_a_bundle_recovers_the_trained_weights(tiny_run: Path, tmp_path: Path, scheme: str) -> None:
-    from training.finetune.export import ExportOptions, export_bundle
-    from training.finetune.model import load_model
-    from training.finetune.warm_start import init_from
+    from shenhe.training.finetune.export import ExportOptions, export_bundle
+    from shenhe.training.finetune.model import load_model
+    from shenhe.training.finetune.warm_start import init_from
 
     bundle = export_bundle(ExportOptions(run=tiny_run, out=tmp_path / scheme, name="tiny", version="0.0.1",
                                          threads=1, show_progress=False, allow_parity_failure=True,
@@ -95,7 +95,7 @@ def test_training_from_a_bundle_records_the_warm_start(tiny_run: Path, tiny_bund
     assert warm["model"] == "tiny 0.0.1"
 
     # The model card of the continued model says where it started.
-    from training.finetune.export import ExportOptions, export_bundle
+    from shenhe.training.finetune.export import ExportOptions, export_bundle
 
     bundle = export_bundle(ExportOptions(run=out, out=tmp_path / "bundle", name="tiny", version="0.0.2", threads=1,
                                          show_progress=False, allow_parity_failure=True))
@@ -107,8 +107,8 @@ def test_init_from_errors_are_one_line(tiny_run: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from shenhe.cli import app
-    from training.finetune.dataset import read_split
-    from training.finetune.tiny import make_tiny_encoder
+    from shenhe.training.finetune.dataset import read_split
+    from shenhe.training.finetune.tiny import make_tiny_encoder
 
     # A different tokenizer: ids would mean other pieces, so it must be refused.
     other = make_tiny_encoder(tmp_path / "other", read_split(FIXTURE_DATA / "train.jsonl").texts[:5])

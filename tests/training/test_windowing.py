@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from models.normalize import normalize
-from models.windowing import WindowTokenizer, max_over_windows
+from shenhe.models.normalize import normalize
+from shenhe.models.windowing import WindowTokenizer, max_over_windows
 
 SHORT = ["你这个傻逼，滚回你老家去", "今天天气不错，出去走走", "ABC全角ＡＢＣ 123", "x"]
 LONG = "我们今天在公园散步，看到很多人在跳舞和下棋，气氛非常热闹。" * 10 + "你这个傻逼，滚回你老家去。"
@@ -67,7 +67,7 @@ def test_window_span_maps_back_to_original_text(hf_tokenizer) -> None:  # type: 
 def test_max_over_windows_keeps_the_window_that_scored() -> None:
     import numpy as np
 
-    from models.windowing import Window
+    from shenhe.models.windowing import Window
 
     windows = [Window(0, (0, 5, 2), 0, 3), Window(0, (0, 6, 2), 2, 6), Window(1, (0, 7, 2), 0, 2)]
     values = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.3]])
@@ -85,7 +85,7 @@ def test_bad_window_settings_are_rejected(hf_tokenizer) -> None:  # type: ignore
 
 def _real_encoder_dir() -> Path | None:
     try:
-        from training.encoder.base import default_encoder_dir
+        from shenhe.training.encoder.base import default_encoder_dir
     except ImportError:
         return None
     d = default_encoder_dir()

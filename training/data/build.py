@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.normalize import normalize_text
-from models.policy import CATEGORY_SLUGS, load_policy
-from training.data.dedup import key_of_normalized, resolve_labels
-from training.data.holdout import (
+from shenhe.models.normalize import normalize_text
+from shenhe.models.policy import CATEGORY_SLUGS, load_policy
+from shenhe.training.data.dedup import key_of_normalized, resolve_labels
+from shenhe.training.data.holdout import (
     DEFAULT_HELDOUT_DIR,
     HOLDOUT_SHARE,
     HOLDOUT_SPLIT,
@@ -33,10 +33,10 @@ from training.data.holdout import (
     load_heldout_seeds,
     split_sources,
 )
-from training.data.records import NORMAL, SPLITS, IssueLog, Record
-from training.data.sources import ALL_SOURCES, PUBLIC_SOURCES, SEED_SPEC, SourceSpec, get_source
-from training.data.sources.jsonl import EXTRA_ORIGIN, load_extra
-from training.data.split import assign_split
+from shenhe.training.data.records import NORMAL, SPLITS, IssueLog, Record
+from shenhe.training.data.sources import ALL_SOURCES, PUBLIC_SOURCES, SEED_SPEC, SourceSpec, get_source
+from shenhe.training.data.sources.jsonl import EXTRA_ORIGIN, load_extra
+from shenhe.training.data.split import assign_split
 
 STATS_FORMAT = 1
 DEFAULT_SEED_DIR = Path(__file__).resolve().parent / "seed"

@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from training.data.holdout import HOLDOUT_SPLIT
-from training.data.records import NORMAL, SPLITS
+from shenhe.training.data.holdout import HOLDOUT_SPLIT
+from shenhe.training.data.records import NORMAL, SPLITS
 
 BLOCK = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- END GENERATED: (?P=name) -->)",
                    re.DOTALL)
@@ -25,7 +25,7 @@ def card_name(source: str) -> str:
 
 
 def _rows_table(rows: dict[str, dict[str, int]], splits: tuple[str, ...] = SPLITS) -> list[str]:
-    from training.data.build import TABLE_ROWS
+    from shenhe.training.data.build import TABLE_ROWS
 
     lines = ["| category | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
     for row in TABLE_ROWS:
@@ -71,7 +71,7 @@ def render_source_counts(stats: dict[str, Any], source: str) -> str:
 
 def render_overview(stats: dict[str, Any]) -> str:
     """The README block: every source with licence, commercial use and rows per split, then totals."""
-    from training.data.sources import SOURCE_NAMES
+    from shenhe.training.data.sources import SOURCE_NAMES
 
     lines = ["| source | licence | commercial use | train | dev | test | held apart |",
              "|---|---|---|---:|---:|---:|---:|"]

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shenhe.errors import UserError, cli_errors
+from shenhe.models.errors import UserError, cli_errors
 
 DEFAULT_RAW = Path("../shared/data")
 DEFAULT_OUT = Path("data/build")
@@ -30,8 +30,8 @@ data_app = typer.Typer(help="Build the training corpus from the public sources."
 
 def category_table(stats: dict[str, Any]) -> Table:
     """Rows per category per split: public data, then the synthetic seed set (and --extra rows)."""
-    from training.data.build import TABLE_ROWS
-    from training.data.records import SPLITS
+    from shenhe.training.data.build import TABLE_ROWS
+    from shenhe.training.data.records import SPLITS
 
     totals = stats["totals"]
     table = Table(title="rows per category per split (after dedup)")
@@ -70,9 +70,9 @@ def build_cmd(
     """Read every source, deduplicate, resolve label conflicts, split, and write the corpus."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from training.data.build import DEFAULT_SEED_DIR, BuildConfig, BuildError, build
+    from shenhe.training.data.build import DEFAULT_SEED_DIR, BuildConfig, BuildError, build
 
-    from training.data.sources import SEED_SPEC
+    from shenhe.training.data.sources import SEED_SPEC
 
     err = Console(stderr=True)
     if hf is None:
@@ -138,7 +138,7 @@ def cards_cmd(
     """Render the generated count blocks of the data cards from a build's stats.json."""
     import json
 
-    from training.data.cards import missing_cards, update_cards
+    from shenhe.training.data.cards import missing_cards, update_cards
 
     if not stats.is_file():
         raise UserError(f"{stats} not found; run `shenhe data build` first")

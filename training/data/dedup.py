@@ -23,9 +23,9 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from models.normalize import normalize_text
-from models.policy import CATEGORY_SLUGS
-from training.data.records import Record
+from shenhe.models.normalize import normalize_text
+from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.training.data.records import Record
 
 # URL characters are ASCII only: Chinese text often follows a link without a space.
 _URL = re.compile(r"(?:https?://|www\.|\bt\.cn/)[A-Za-z0-9\-._~:/?#@!$&'*+,;=%]*", re.IGNORECASE)

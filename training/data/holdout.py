@@ -20,7 +20,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from training.data.records import IssueLog, Record
+from shenhe.training.data.records import IssueLog, Record
 
 SALT = "shenhe-holdout-v1"
 HOLDOUT_SHARE = 50  # percent of a qualifying source's dev rows held apart
@@ -52,7 +52,7 @@ def split_sources(dev_rows_per_source: dict[str, int], eligible: Iterable[str]) 
 
 def load_heldout_seeds(folder: Path, log: IssueLog) -> list[Record]:
     """The held-apart seed rows (same line format as the training seeds), as source ``seed_heldout``."""
-    from training.data.sources.jsonl import load_seed
+    from shenhe.training.data.sources.jsonl import load_seed
 
     if not folder.is_dir():
         log.warn(f"{SEED_HELDOUT_SOURCE}: folder {folder} is missing; no held-apart seeds")
@@ -69,7 +69,7 @@ def load_heldout_seeds(folder: Path, log: IssueLog) -> list[Record]:
 
 
 def char_ngrams(text: str, n: int = 3) -> frozenset[str]:
-    from training.data.dedup import dedup_key
+    from shenhe.training.data.dedup import dedup_key
 
     key = dedup_key(text)
     if len(key) < n:

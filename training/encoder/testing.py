@@ -1,7 +1,7 @@
 """Tiny randomly initialised BERT checkpoints for tests: the same ``--base`` code path as a real encoder,
 in a temp dir, in well under a second.
 
-    from training.encoder.testing import make_tiny_base
+    from shenhe.training.encoder.testing import make_tiny_base
     base_dir = make_tiny_base(tmp_path / "tiny", tokenizer="wordpiece")   # or "unigram"
     base = load_base(str(base_dir))
 """

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from models.windowing import DEFAULT_MAX_LENGTH, DEFAULT_STRIDE
+from shenhe.models.windowing import DEFAULT_MAX_LENGTH, DEFAULT_STRIDE
 
 
 @dataclass

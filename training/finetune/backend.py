@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.policy import CATEGORY_SLUGS
-from models.windowing import WindowTokenizer, max_over_windows, score_windows
-from training.finetune.model import MultiLabelClassifier
+from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.models.windowing import WindowTokenizer, max_over_windows, score_windows
+from shenhe.training.finetune.model import MultiLabelClassifier
 
 OPSET = 17
 INPUT_NAMES = ["input_ids", "attention_mask"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.bundle import CategoryCalibration
-from models.policy import CATEGORY_SLUGS
+from shenhe.models.bundle import CategoryCalibration
+from shenhe.models.policy import CATEGORY_SLUGS
 
 MAX_ISOTONIC_POINTS = 200
 

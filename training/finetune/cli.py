@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from models.bundle import BundleError
-from models.policy import PolicyError
-from shenhe.errors import UserError, cli_errors
+from shenhe.models.bundle import BundleError
+from shenhe.models.errors import UserError, cli_errors
+from shenhe.models.policy import PolicyError
 
 DEFAULT_DATA = Path("data/build")
 DEFAULT_BASE = "~/.cache/shenhe/encoders/me5-small-zh"
@@ -18,7 +18,7 @@ DEFAULT_BASE = "~/.cache/shenhe/encoders/me5-small-zh"
 
 def _default_base() -> str:
     try:
-        from training.encoder.base import default_encoder_dir
+        from shenhe.training.encoder.base import default_encoder_dir
     except ImportError:
         return DEFAULT_BASE
     return str(default_encoder_dir())
@@ -36,12 +36,12 @@ def _passive_openmp() -> None:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from training.finetune.dataset import DataError
-    from training.finetune.errors import ExportError, TrainError
+    from shenhe.training.finetune.dataset import DataError
+    from shenhe.training.finetune.errors import ExportError, TrainError
 
     found: list[type[BaseException]] = [TrainError, DataError, ExportError, BundleError, PolicyError]
     try:
-        from training.encoder.base import BaseEncoderError
+        from shenhe.training.encoder.base import BaseEncoderError
 
         found.append(BaseEncoderError)
     except ImportError:
@@ -102,7 +102,7 @@ def train_cmd(
     @cli_errors(*_expected_errors(), OSError)
     def run() -> None:
         if arch == "tfidf":
-            from training.finetune.tfidf import TfidfArguments, train_tfidf
+            from shenhe.training.finetune.tfidf import TfidfArguments, train_tfidf
 
             info = train_tfidf(TfidfArguments(data=data, out=out, max_train_samples=max_train_samples,
                                               max_per_source=max_per_source, seed=seed, calibration=calibration,
@@ -112,8 +112,8 @@ def train_cmd(
             return
         if arch != "bert":
             raise UserError(f"--arch must be bert or tfidf, not {arch!r}")
-        from training.finetune.args import TrainingArguments
-        from training.finetune.trainer import load_run_args, train
+        from shenhe.training.finetune.args import TrainingArguments
+        from shenhe.training.finetune.trainer import load_run_args, train
 
         if resume:
             args = load_run_args(out)
@@ -186,7 +186,7 @@ def export_cmd(
 
     @cli_errors(*_expected_errors(), OSError)
     def go() -> None:
-        from training.finetune.export import ExportOptions, export_bundle
+        from shenhe.training.finetune.export import ExportOptions, export_bundle
 
         path = export_bundle(ExportOptions(run=run, out=out, name=name, version=version, data=data, policy=policy,
                                            baseline=baseline, calibration=calibration, threads=threads,

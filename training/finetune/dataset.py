@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.normalize import normalize_text
-from models.policy import CATEGORY_SLUGS
+from shenhe.models.normalize import normalize_text
+from shenhe.models.policy import CATEGORY_SLUGS
 
 SPLIT_NAMES = ("train", "dev", "test")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import (
+from shenhe.models.bundle import (
     CARD_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
@@ -36,15 +36,15 @@ from models.bundle import (
     load_bundle,
     write_manifest,
 )
-from models.cores import default_threads
-from models.policy import CATEGORY_SLUGS, load_policy
-from models.windowing import WindowTokenizer
-from training.finetune.calibrate import apply_calibration
-from training.finetune.dataset import Split, read_splits
-from training.finetune.errors import ExportError
-from training.finetune.quality import judge, quality_drops, quality_failures, worst_drop
-from training.finetune.sources import describe_sources
-from training.finetune.thresholds import decisions, points_as_dicts
+from shenhe.models.cores import default_threads
+from shenhe.models.policy import CATEGORY_SLUGS, load_policy
+from shenhe.models.windowing import WindowTokenizer
+from shenhe.training.finetune.calibrate import apply_calibration
+from shenhe.training.finetune.dataset import Split, read_splits
+from shenhe.training.finetune.errors import ExportError
+from shenhe.training.finetune.quality import judge, quality_drops, quality_failures, worst_drop
+from shenhe.training.finetune.sources import describe_sources
+from shenhe.training.finetune.thresholds import decisions, points_as_dicts
 
 # Acceptance limits checked at export: fp32 ONNX must reproduce torch; a quantised model may lose at most half
 # a point of macro-F1 and of each trained category's average precision against fp32, on dev and on test.
@@ -86,7 +86,7 @@ def _read_run(run: Path) -> dict[str, Any]:
 
 def _throughput(session: Any, windower: WindowTokenizer, texts: list[str]) -> dict[str, float]:
     """Measured offline texts/s of the INT8 model on real dev texts (batch 32) and single-text latency."""
-    from training.finetune.backend import onnx_window_logits
+    from shenhe.training.finetune.backend import onnx_window_logits
 
     sample = texts[:512]
     if not sample:
@@ -124,14 +124,14 @@ def describe_base(base: str) -> str:
 
 def export_bundle(opts: ExportOptions) -> Path:
     """Export a finished run, or re-export a bundle (its weights read back, see training/finetune/recover.py)."""
-    from training.finetune.backend import QUANT_SCHEMES
+    from shenhe.training.finetune.backend import QUANT_SCHEMES
 
     if opts.quantization != "auto" and opts.quantization not in QUANT_SCHEMES:
         raise ExportError(f"--quantization must be auto or one of {', '.join(QUANT_SCHEMES)}, not {opts.quantization!r}")
     scratch: Path | None = None
     run_dir = opts.run
     if _is_bundle(opts.run):
-        from training.finetune.recover import recover_run
+        from shenhe.training.finetune.recover import recover_run
 
         if not opts.base:
             raise ExportError(f"{opts.run} is a bundle: re-exporting it needs --base, the encoder it was trained from")
@@ -151,7 +151,7 @@ def _is_bundle(path: Path) -> bool:
 def _export(opts: ExportOptions, run_dir: Path) -> Path:
     import torch
 
-    from training.finetune.backend import (
+    from shenhe.training.finetune.backend import (
         QUANT_SCHEMES,
         SMOOTHING,
         export_onnx,
@@ -161,8 +161,8 @@ def _export(opts: ExportOptions, run_dir: Path) -> Path:
         quantize_int8,
         torch_window_logits,
     )
-    from training.finetune.model import load_model
-    from training.finetune.model_card import render_model_card
+    from shenhe.training.finetune.model import load_model
+    from shenhe.training.finetune.model_card import render_model_card
 
     info = _read_run(run_dir)
     recovered: dict[str, Any] | None = info.get("recovered_from")
@@ -352,9 +352,9 @@ SMOOTH_CALIBRATION_TEXTS = 512
 def _smoothed_fp32(run_dir: Path, normalized: list[str], windower: WindowTokenizer, pad_id: int, out: Path,
                    smoothing: Any) -> Path:
     """The run's model with SmoothQuant scaling (calibrated on dev windows), exported to fp32 ONNX."""
-    from training.finetune.backend import export_onnx
-    from training.finetune.model import load_model
-    from training.finetune.smooth import calibration_windows, smooth_for_int8
+    from shenhe.training.finetune.backend import export_onnx
+    from shenhe.training.finetune.model import load_model
+    from shenhe.training.finetune.smooth import calibration_windows, smooth_for_int8
 
     model, _, _ = load_model(run_dir / "model", attn_implementation="eager")
     sample = calibration_windows(windower.first_windows(normalized), SMOOTH_CALIBRATION_TEXTS)

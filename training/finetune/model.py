@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.policy import CATEGORY_SLUGS
+from shenhe.models.policy import CATEGORY_SLUGS
 
 CLASSIFIER_FILE = "classifier.json"
 HEAD_FILE = "head.safetensors"
@@ -97,7 +97,7 @@ def load_base(base: str, attn_implementation: str | None = None) -> tuple[nn.Mod
     every text) and falls back to transformers' Auto classes."""
     quiet_transformers()
     try:
-        from training.encoder.base import load_base as encoder_load_base
+        from shenhe.training.encoder.base import load_base as encoder_load_base
     except ImportError:
         encoder_load_base = None
     if encoder_load_base is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-from models.bundle import BundleManifest, DataSource
-from models.policy import Policy
+from shenhe.models.bundle import BundleManifest, DataSource
+from shenhe.models.policy import Policy
 
 TEMPLATE = "MODEL_CARD.md.j2"
 
@@ -23,7 +23,7 @@ def render_model_card(manifest: BundleManifest, policy: Policy, metrics: dict[st
                       sources: list[DataSource]) -> str:
     import jinja2
 
-    text = resources.files("training.finetune").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
+    text = resources.files("shenhe.training.finetune").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
     env.filters["pct"] = _pct

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from models.policy import CATEGORY_SLUGS, Policy
-from training.finetune.calibrate import apply_calibration, fit_calibration
-from training.finetune.dataset import Split
-from training.finetune.thresholds import (
+from shenhe.models.policy import CATEGORY_SLUGS, Policy
+from shenhe.training.finetune.calibrate import apply_calibration, fit_calibration
+from shenhe.training.finetune.dataset import Split
+from shenhe.training.finetune.thresholds import (
     OperatingPoint,
     apply_operating_points,
     choose_operating_points,

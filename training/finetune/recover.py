@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from models.bundle import load_bundle
-from models.policy import CATEGORY_SLUGS
-from models.windowing import WindowTokenizer
-from training.finetune.errors import ExportError
+from shenhe.models.bundle import load_bundle
+from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.models.windowing import WindowTokenizer
+from shenhe.training.finetune.errors import ExportError
 
 PROBE_TEXTS = (
     "今天天气很好，我们下午去公园散步吧。",
@@ -31,8 +31,8 @@ PROBE_TEXTS = (
 
 def recover_run(bundle_dir: Path, base: str, data: Path, out: Path) -> Path:
     """Write ``out/run.json`` and ``out/model/`` with the weights of the bundle in ``bundle_dir``."""
-    from training.finetune.model import MultiLabelClassifier, load_base, save_model
-    from training.finetune.warm_start import init_from
+    from shenhe.training.finetune.model import MultiLabelClassifier, load_base, save_model
+    from shenhe.training.finetune.warm_start import init_from
 
     bundle = load_bundle(bundle_dir)
     manifest = bundle.manifest

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.windowing import Window, pad_batch
+from shenhe.models.windowing import Window, pad_batch
 
 DEFAULT_ALPHA = 0.5
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from models.bundle import DataSource
+from shenhe.models.bundle import DataSource
 
 STATS_FILE = "stats.json"
 

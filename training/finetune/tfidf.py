@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from models.policy import CATEGORY_SLUGS, load_policy
-from training.finetune.calibrate import apply_calibration, fit_calibration
-from training.finetune.dataset import read_splits, subsample
-from training.finetune.thresholds import (
+from shenhe.models.policy import CATEGORY_SLUGS, load_policy
+from shenhe.training.finetune.calibrate import apply_calibration, fit_calibration
+from shenhe.training.finetune.dataset import read_splits, subsample
+from shenhe.training.finetune.thresholds import (
     apply_operating_points,
     choose_operating_points,
     points_as_dicts,

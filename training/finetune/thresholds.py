@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from models.policy import CATEGORY_SLUGS, Policy
+from shenhe.models.policy import CATEGORY_SLUGS, Policy
 
 MIN_BLOCK_SUPPORT = 5
 UNREACHABLE_BLOCK = 1.0

@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.normalize import normalize_text
+from shenhe.models.normalize import normalize_text
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 TEXT_PREFIX = "passage: "

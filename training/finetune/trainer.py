@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.cores import default_threads
-from models.policy import CATEGORY_SLUGS, load_policy
-from models.windowing import Window, WindowTokenizer, max_over_windows, pad_batch, score_windows
-from training.finetune.args import TrainingArguments
-from training.finetune.calibrate import apply_calibration, fit_calibration
-from training.finetune.dataset import (
+from shenhe.models.cores import default_threads
+from shenhe.models.policy import CATEGORY_SLUGS, load_policy
+from shenhe.models.windowing import Window, WindowTokenizer, max_over_windows, pad_batch, score_windows
+from shenhe.training.finetune.args import TrainingArguments
+from shenhe.training.finetune.calibrate import apply_calibration, fit_calibration
+from shenhe.training.finetune.dataset import (
     Split,
     eval_subsample,
     length_grouped_batches,
@@ -41,16 +41,16 @@ from training.finetune.dataset import (
     read_splits,
     subsample,
 )
-from training.finetune.errors import TrainError
-from training.finetune.model import MultiLabelClassifier, freeze, load_base, save_model
-from training.finetune.thresholds import (
+from shenhe.training.finetune.errors import TrainError
+from shenhe.training.finetune.model import MultiLabelClassifier, freeze, load_base, save_model
+from shenhe.training.finetune.thresholds import (
     apply_operating_points,
     best_f1_macro,
     choose_operating_points,
     points_as_dicts,
     split_metrics,
 )
-from training.finetune.warm_start import init_from
+from shenhe.training.finetune.warm_start import init_from
 
 RUN_FILE = "run.json"
 CHECKPOINT_FILE = "checkpoint.pt"

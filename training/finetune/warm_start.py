@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.bundle import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE
-from models.windowing import Window, pad_batch
-from training.finetune.errors import TrainError
-from training.finetune.model import CLASSIFIER_FILE, ENCODER_DIR, HEAD_FILE, MultiLabelClassifier
+from shenhe.models.bundle import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE
+from shenhe.models.windowing import Window, pad_batch
+from shenhe.training.finetune.errors import TrainError
+from shenhe.training.finetune.model import CLASSIFIER_FILE, ENCODER_DIR, HEAD_FILE, MultiLabelClassifier
 
 log = logging.getLogger(__name__)
 

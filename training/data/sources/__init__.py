@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training.data.sources import (
+from shenhe.training.data.sources import (
     ced,
     checked,
     chineseharm,
@@ -13,7 +13,7 @@ from training.data.sources import (
     telecom_fraud,
     toxicn,
 )
-from training.data.sources.spec import SourceSpec
+from shenhe.training.data.sources.spec import SourceSpec
 
 PUBLIC_SOURCES: tuple[SourceSpec, ...] = (
     cold.SPEC,

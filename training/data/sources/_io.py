@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from training.data.records import IssueLog, MalformedRow, Record
+from shenhe.training.data.records import IssueLog, MalformedRow, Record
 
 # UTF-8 first (with or without BOM); GB18030 is a superset of GBK/GB2312, the encodings Chinese
 # Windows tools write (Telecom_Fraud_Texts_5/label04-last.csv is one).

@@ -14,9 +14,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.data.records import IssueLog, MalformedRow, Record, make_record
-from training.data.sources._io import convert_rows, decode, read_text
-from training.data.sources.spec import SourceSpec
+from shenhe.training.data.records import IssueLog, MalformedRow, Record, make_record
+from shenhe.training.data.sources._io import convert_rows, decode, read_text
+from shenhe.training.data.sources.spec import SourceSpec
 
 NAME = "CED_Chinese_Rumor"
 LABELS_FILE = "CED_labels_derived.tsv"

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.data.records import IssueLog, MalformedRow, Record, make_record
-from training.data.sources._io import convert_rows, read_text
-from training.data.sources.spec import SourceSpec
+from shenhe.training.data.records import IssueLog, MalformedRow, Record, make_record
+from shenhe.training.data.sources._io import convert_rows, read_text
+from shenhe.training.data.sources.spec import SourceSpec
 
 NAME = "CHECKED"
 FILES = (("baseline/data/new_train.txt", "train"), ("baseline/data/new_dev.txt", "dev"),

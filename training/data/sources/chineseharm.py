@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.data.records import IssueLog, MalformedRow, Record, make_record
-from training.data.sources._io import convert_rows, read_json
-from training.data.sources.spec import SourceSpec
+from shenhe.training.data.records import IssueLog, MalformedRow, Record, make_record
+from shenhe.training.data.sources._io import convert_rows, read_json
+from shenhe.training.data.sources.spec import SourceSpec
 
 NAME = "ChineseHarm-bench"
 BENCH_DIR = "benchmark"

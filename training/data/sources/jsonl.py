@@ -9,10 +9,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from models.policy import CATEGORY_SLUGS
-from training.data.records import IssueLog, MalformedRow, Record, make_record
-from training.data.sources._io import convert_rows, read_text
-from training.data.sources.spec import SourceSpec
+from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.training.data.records import IssueLog, MalformedRow, Record, make_record
+from shenhe.training.data.sources._io import convert_rows, read_text
+from shenhe.training.data.sources.spec import SourceSpec
 
 SEED = "seed_synthetic"
 SEED_KINDS = ("positive", "hard_negative")

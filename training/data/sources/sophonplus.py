@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.data.records import IssueLog, Record, make_record
-from training.data.sources._io import as_int, convert_rows, read_csv
-from training.data.sources.spec import SourceSpec
+from shenhe.training.data.records import IssueLog, Record, make_record
+from shenhe.training.data.sources._io import as_int, convert_rows, read_csv
+from shenhe.training.data.sources.spec import SourceSpec
 
 NAME = "SophonPlus_ChineseNlpCorpus"
 FILES = (("datasets/ChnSentiCorp_htl_all/ChnSentiCorp_htl_all.csv", "htl"),

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.data.records import IssueLog, Record
+from shenhe.training.data.records import IssueLog, Record
 
 Loader = Callable[[Path, IssueLog], Iterator[Record]]
 

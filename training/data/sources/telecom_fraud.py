@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.data.records import IssueLog, MalformedRow, Record, make_record
-from training.data.sources._io import convert_rows, read_csv
-from training.data.sources.spec import SourceSpec
+from shenhe.training.data.records import IssueLog, MalformedRow, Record, make_record
+from shenhe.training.data.sources._io import convert_rows, read_csv
+from shenhe.training.data.sources.spec import SourceSpec
 
 NAME = "Telecom_Fraud_Texts_5"
 FILES = tuple(f"label0{i}-last.csv" for i in range(5))

@@ -13,9 +13,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.data.records import IssueLog, MalformedRow, Record, make_record
-from training.data.sources._io import as_int, convert_rows, read_csv, read_json
-from training.data.sources.spec import SourceSpec
+from shenhe.training.data.records import IssueLog, MalformedRow, Record, make_record
+from shenhe.training.data.sources._io import as_int, convert_rows, read_csv, read_json
+from shenhe.training.data.sources.spec import SourceSpec
 
 NAME = "ToxiCN"
 JSON_SPLITS = (("ToxiCN_ex/ToxiCN/data/train.json", "train"), ("ToxiCN_ex/ToxiCN/data/test.json", "test"))

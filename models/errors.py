@@ -1,4 +1,4 @@
-"""CLI error handling: bad input gets a one-line reason and a non-zero exit, never a traceback."""
+"""Errors a user can cause, and how a CLI command turns them into a one-line reason and an exit code."""
 
 from __future__ import annotations
 
