@@ -9,7 +9,7 @@ DEV_STAMP   := $(VENV)/.stamp-dev
 BUNDLE ?= models/default
 PORT   ?= 3000
 
-.PHONY: serve test lint install-serve install-dev clean
+.PHONY: serve test lint typecheck install-serve install-dev clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (shenhe needs Python 3.11)"; exit 2; }
@@ -32,10 +32,15 @@ serve: $(SERVE_STAMP)
 
 test: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
+	$(PY) scripts/typecheck.py
 	$(VENV)/bin/pytest -q
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
+# mypy over shenhe/, models/, training/, serving/, eval/, tests/, scripts/, bench/ ([tool.mypy] in pyproject.toml)
+typecheck: $(DEV_STAMP)
+	$(PY) scripts/typecheck.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
