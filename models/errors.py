@@ -39,7 +39,7 @@ def cli_errors(*expected: type[BaseException]) -> Callable[[Callable[P, R]], Cal
                 return fn(*args, **kwargs)
             except UserError as e:
                 raise fail(str(e), e.exit_code) from None
-            except expected as e:  # type: ignore[misc]
+            except expected as e:
                 raise fail(str(e).splitlines()[0] if str(e) else e.__class__.__name__) from None
 
         return wrapper

@@ -21,7 +21,7 @@ def test_policy_show_lists_nine_categories() -> None:
     assert "(never)" in res.output  # constitution is untrained: never blocks
 
 
-def test_policy_show_is_the_policy_classify_uses(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_policy_show_is_the_policy_classify_uses(monkeypatch) -> None:
     import json
 
     from shenhe.models.bundle import load_bundle

@@ -52,7 +52,7 @@ def test_env_variable_overrides_shipped_policy(tmp_path: Path, monkeypatch: pyte
         (lambda d: d["categories"][1].__setitem__("colour", "red"), "colour"),
     ],
 )
-def test_malformed_policy_names_field_and_problem(mutate, expected: str) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_policy_names_field_and_problem(mutate, expected: str) -> None:
     data = _shipped()
     mutate(data)
     with pytest.raises(PolicyError) as err:
@@ -79,7 +79,7 @@ def test_with_updates_roundtrips_through_yaml() -> None:
     assert again == pol
 
 
-def _with_terms(slug: str, terms: list) -> str:  # type: ignore[type-arg]
+def _with_terms(slug: str, terms: list) -> str:
     data = _shipped()
     for c in data["categories"]:
         if c["slug"] == slug:

@@ -82,7 +82,7 @@ def test_missing_extra_file_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_without_datasets_hf_is_skipped_or_a_one_line_error(tmp_path: Path, seed_dir: Path, extra_file: Path,
-                                                            monkeypatch) -> None:  # type: ignore[no-untyped-def]
+                                                            monkeypatch) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now fails, as in the serving env

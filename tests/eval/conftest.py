@@ -121,7 +121,7 @@ class FakeBaseline:
 
 
 @pytest.fixture(scope="session")
-def full_report(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def full_report(tmp_path_factory: pytest.TempPathFactory):
     """One complete run on hand8 with --compare, --baseline, --perturb and --prevalence (fake models)."""
     from shenhe.eval.run import EvalConfig, run_eval
 
@@ -148,7 +148,7 @@ def scored_with_default_policy(scores: np.ndarray, name: str) -> Scored:
 
 
 @pytest.fixture
-def scored():  # type: ignore[no-untyped-def]
+def scored():
     return scored_with_default_policy
 
 

@@ -28,7 +28,7 @@ def tfidf_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_baseline_numbers_next_to_bundle(tfidf_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                         hand8, hand8_array, fake_predictor_cls) -> None:  # type: ignore[no-untyped-def]
+                                         hand8, hand8_array, fake_predictor_cls) -> None:
     from shenhe.models.baseline import load_baseline
 
     table = dict(zip(hand8.texts, hand8_array, strict=True))

@@ -18,11 +18,11 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def fake_models(monkeypatch: pytest.MonkeyPatch, hand8, hand8_array, fake_predictor_cls):  # type: ignore[no-untyped-def]
+def fake_models(monkeypatch: pytest.MonkeyPatch, hand8, hand8_array, fake_predictor_cls):
     table = dict(zip(hand8.texts, hand8_array, strict=True))
     made: list[tuple] = []
 
-    def factory(bundle, policy, threads):  # type: ignore[no-untyped-def]
+    def factory(bundle, policy, threads):
         made.append((bundle, policy, threads))
         return fake_predictor_cls(table)
 

@@ -12,7 +12,7 @@ from shenhe.eval.run import EvalResult
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "render_report.py"
 
 
-def _load_script():  # type: ignore[no-untyped-def]
+def _load_script():
     spec = importlib.util.spec_from_file_location("render_report", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -77,7 +77,7 @@ def test_prevalence_and_reviewers_in_summary(full_report: EvalResult) -> None:
     assert "reviewer(s)" in html
 
 
-def test_user_text_is_escaped(tmp_path, fake_predictor_cls, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_user_text_is_escaped(tmp_path, fake_predictor_cls, monkeypatch) -> None:
     import shenhe.eval.report
     from shenhe.eval.evaluate import evaluate
 

@@ -96,7 +96,7 @@ def test_harmless_review_share_overall_per_category_and_source() -> None:
     assert h["by_source"]["B"]["flagged"]["share"] == pytest.approx(2 / 3)
 
 
-def test_robustness_reports_accuracy_and_harmless_flag_rate(hand8_scored: Scored, hand8) -> None:  # type: ignore[no-untyped-def]
+def test_robustness_reports_accuracy_and_harmless_flag_rate(hand8_scored: Scored, hand8) -> None:
     y = hand8.y_true
     harmless = ~y.any(axis=1)
     flagged = hand8_scored.decisions.copy()
@@ -117,7 +117,7 @@ def test_robustness_reports_accuracy_and_harmless_flag_rate(hand8_scored: Scored
     assert p["changed_share_harmless"] == pytest.approx(2 / 3) and p["changed_share_harmful"] == 1.0
 
 
-def test_robustness_per_source_harmless_flag_rate(hand8_scored: Scored, hand8) -> None:  # type: ignore[no-untyped-def]
+def test_robustness_per_source_harmless_flag_rate(hand8_scored: Scored, hand8) -> None:
     y = hand8.y_true
     harmless = ~y.any(axis=1)
     decisions = hand8_scored.decisions.copy()

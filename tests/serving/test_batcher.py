@@ -15,7 +15,7 @@ from shenhe.serving.batcher import BatcherConfig, Cancelled, DeadlineExceeded, M
 PAD = 0
 
 
-def fake_model(delay_s: float = 0.0, calls: list[np.ndarray] | None = None):  # type: ignore[no-untyped-def]
+def fake_model(delay_s: float = 0.0, calls: list[np.ndarray] | None = None):
     """Logits that identify the window: [sum of ids, first id, number of real tokens]."""
 
     def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -36,7 +36,7 @@ def expected(ws: list[Window]) -> np.ndarray:
     return np.array([[sum(w.ids), w.ids[0], len(w.ids)] for w in ws], dtype=np.float32)
 
 
-def make(run, **config) -> MicroBatcher:  # type: ignore[no-untyped-def]
+def make(run, **config) -> MicroBatcher:
     return MicroBatcher(run, PAD, 3, BatcherConfig(**config))
 
 

@@ -86,7 +86,7 @@ def test_deadline_is_504_in_our_format_and_drops_the_work(runtime: Runtime, clie
     batcher = runtime.scheduler.batcher
     real = batcher.run
 
-    def slow(ids, mask):  # type: ignore[no-untyped-def]
+    def slow(ids, mask):
         _time.sleep(0.05)
         return real(ids, mask)
 

@@ -11,19 +11,19 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_BUNDLE_DIR / "bundle.json").is_file
 
 
 @pytest.fixture(scope="module")
-def predictor():  # type: ignore[no-untyped-def]
+def predictor():
     from shenhe.models.predictor import Predictor
 
     return Predictor(DEFAULT_BUNDLE_DIR)
 
 
-def test_insult_is_flagged(predictor) -> None:  # type: ignore[no-untyped-def]
+def test_insult_is_flagged(predictor) -> None:
     (p,) = predictor.predict(["你这个傻逼，滚回你老家去"])
     assert p.decision in ("review", "block")
     assert "insult_defamation" in p.categories
 
 
-def test_weather_passes(predictor) -> None:  # type: ignore[no-untyped-def]
+def test_weather_passes(predictor) -> None:
     (p,) = predictor.predict(["今天天气不错，出去走走"])
     assert p.decision == "pass"
 

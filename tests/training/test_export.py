@@ -20,7 +20,7 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
     import torch
 
     from shenhe.training.finetune.backend import export_onnx, ort_session
@@ -34,7 +34,7 @@ def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):  # type:
     return model, ort_session(path, threads=1), windower
 
 
-def test_fp32_onnx_matches_torch(exported) -> None:  # type: ignore[no-untyped-def]
+def test_fp32_onnx_matches_torch(exported) -> None:
     from shenhe.training.finetune.backend import max_prob_diff, onnx_window_logits, torch_window_logits
 
     model, session, windower = exported
@@ -49,7 +49,7 @@ def test_fp32_onnx_matches_torch(exported) -> None:  # type: ignore[no-untyped-d
     assert max_prob_diff(ref[:1], single[:1]) <= 1e-4
 
 
-def test_int8_is_judged_by_its_own_quality_against_fp32(tiny_bundle: Path, exported) -> None:  # type: ignore[no-untyped-def]
+def test_int8_is_judged_by_its_own_quality_against_fp32(tiny_bundle: Path, exported) -> None:
     from shenhe.training.finetune.backend import onnx_window_logits, ort_session
     from shenhe.training.finetune.calibrate import apply_calibration
     from shenhe.training.finetune.dataset import read_split

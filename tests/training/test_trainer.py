@@ -13,7 +13,7 @@ from shenhe.training.finetune.dataset import length_grouped_batches, pos_weights
 DATA = Path(__file__).parent / "data"
 
 
-def _args(encoder: Path, out: Path, **kw):  # type: ignore[no-untyped-def]
+def _args(encoder: Path, out: Path, **kw):
     from shenhe.training.finetune.args import TrainingArguments
 
     base = dict(base=str(encoder), data=DATA, out=out, epochs=2, max_steps=8, batch_size=8, eval_batch_size=16,
@@ -51,7 +51,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_run: Path, tmp_path: P
     broken = _args(encoder, tmp_path / "broken")
     real_step = Trainer._step
 
-    def crash_at_step_6(self, batch):  # type: ignore[no-untyped-def]
+    def crash_at_step_6(self, batch):
         if self.state.global_step == 5:
             raise KeyboardInterrupt  # like Ctrl-C or a killed job between checkpoints
         return real_step(self, batch)

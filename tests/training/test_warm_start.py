@@ -13,14 +13,14 @@ FIXTURE_DATA = Path(__file__).parent / "data"
 pytest.importorskip("torch")
 
 
-def _fresh_model(encoder: Path):  # type: ignore[no-untyped-def]
+def _fresh_model(encoder: Path):
     from shenhe.training.finetune.model import MultiLabelClassifier, load_base
 
     enc, tok, prefix = load_base(str(encoder))
     return MultiLabelClassifier(enc), tok, prefix
 
 
-def _probe_windows(tok, prefix: str):  # type: ignore[no-untyped-def]
+def _probe_windows(tok, prefix: str):
     from shenhe.models.windowing import WindowTokenizer
     from shenhe.training.finetune.dataset import read_split
 
@@ -28,7 +28,7 @@ def _probe_windows(tok, prefix: str):  # type: ignore[no-untyped-def]
     return windower.first_windows(read_split(FIXTURE_DATA / "dev.jsonl").normalized[:16])
 
 
-def _used_params(model) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+def _used_params(model) -> dict[str, np.ndarray]:
     # The pooler is not part of the classifier's forward pass (mean pooling), so export drops it.
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()
             if "pooler" not in k and "position_ids" not in k}

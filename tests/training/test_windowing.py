@@ -14,13 +14,13 @@ LONG = "我们今天在公园散步，看到很多人在跳舞和下棋，气氛
 
 
 @pytest.fixture(scope="module")
-def hf_tokenizer(tiny_run: Path):  # type: ignore[no-untyped-def]
+def hf_tokenizer(tiny_run: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(tiny_run / "model" / "encoder"))
 
 
-def test_short_texts_match_transformers_with_prefix(hf_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_short_texts_match_transformers_with_prefix(hf_tokenizer) -> None:
     w = WindowTokenizer(hf_tokenizer.backend_tokenizer, max_length=48, stride=8, pad_token_id=1,
                         text_prefix="passage: ")
     for text in SHORT:
@@ -29,7 +29,7 @@ def test_short_texts_match_transformers_with_prefix(hf_tokenizer) -> None:  # ty
         assert list(win.ids) == hf_tokenizer("passage: " + norm)["input_ids"], text
 
 
-def test_long_text_windows_match_transformers_overflow(hf_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_long_text_windows_match_transformers_overflow(hf_tokenizer) -> None:
     norm = normalize(LONG).text
     w = WindowTokenizer(hf_tokenizer.backend_tokenizer, max_length=32, stride=8, pad_token_id=1)
     windows = w.windows([norm])
@@ -43,7 +43,7 @@ def test_long_text_windows_match_transformers_overflow(hf_tokenizer) -> None:  #
         assert b.char_start < a.char_end
 
 
-def test_prefix_is_in_every_window_and_length_is_kept(hf_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_prefix_is_in_every_window_and_length_is_kept(hf_tokenizer) -> None:
     w = WindowTokenizer(hf_tokenizer.backend_tokenizer, max_length=32, stride=8, pad_token_id=1,
                         text_prefix="passage: ")
     prefix = tuple(hf_tokenizer("passage:", add_special_tokens=False)["input_ids"])
@@ -54,7 +54,7 @@ def test_prefix_is_in_every_window_and_length_is_kept(hf_tokenizer) -> None:  # 
         assert win.ids[1: 1 + len(prefix)] == prefix
 
 
-def test_window_span_maps_back_to_original_text(hf_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_window_span_maps_back_to_original_text(hf_tokenizer) -> None:
     original = "　　" + LONG.replace("你这个", "你這個")  # full-width spaces + traditional characters
     n = normalize(original)
     w = WindowTokenizer(hf_tokenizer.backend_tokenizer, max_length=32, stride=8, pad_token_id=1)
@@ -76,7 +76,7 @@ def test_max_over_windows_keeps_the_window_that_scored() -> None:
     assert arg.tolist() == [[1, 0], [2, 2]]
 
 
-def test_bad_window_settings_are_rejected(hf_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_bad_window_settings_are_rejected(hf_tokenizer) -> None:
     with pytest.raises(ValueError, match="stride"):
         WindowTokenizer(hf_tokenizer.backend_tokenizer, max_length=16, stride=14)
     with pytest.raises(ValueError, match="max_length"):
