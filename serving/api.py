@@ -255,7 +255,7 @@ def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
 
 # Recent FastAPI versions add OpenTelemetry hooks that probe for providers on every request (~2 ms
 # here); BentoML already traces requests and we export our own metrics, so switch them off.
-_telemetry_off = ({"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+_telemetry_off: dict[str, Any] = ({"telemetry": {"tracing": False, "metrics": False, "logs": False}}
                   if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
 
 app = FastAPI(
@@ -265,7 +265,7 @@ app = FastAPI(
     openapi_url="/v1/openapi.json",
     docs_url=None,  # served offline by serving/console.py (Swagger UI assets from a package, no CDN)
     redoc_url=None,
-    **_telemetry_off,  # type: ignore[arg-type]
+    **_telemetry_off,
 )
 app.add_middleware(RequestContext)
 
@@ -408,13 +408,13 @@ async def review_next(
         return Response(status_code=204)
     request.state.log_fields["review_id"] = item.review_id
     out = ReviewItemOut(
-        review_id=item.review_id, id=item.caller_id, text=item.text, decision=item.decision,  # type: ignore[arg-type]
+        review_id=item.review_id, id=item.caller_id, text=item.text, decision=item.decision,
         scores=item.scores, categories=item.categories,
         reasons=[ReasonOut.model_validate(r) for r in item.reasons],
         matches=[MatchOut.model_validate(m) for m in item.matches],
         model=ModelRef(name=item.model_name, version=item.model_version), policy_version=item.policy_version,
         created_at=item.created_at, lease_token=item.lease_token, lease_expires_at=item.lease_expires_at,
-        kind=item.kind,  # type: ignore[arg-type]
+        kind=item.kind,
     )
     return Response(out.model_dump_json(), media_type="application/json")
 
@@ -493,7 +493,7 @@ async def admin_reload(request: Request) -> Response:
         raise ApiError(422, "reload_refused", f"the changed {' and '.join(result.changed)} was refused: "
                        f"{result.reason}; still serving model {result.model_version}, policy {result.policy_version}")
     name = runtime.predictor.info.name
-    out = ReloadOut(status=result.status, changed=list(result.changed),  # type: ignore[arg-type]
+    out = ReloadOut(status=result.status, changed=list(result.changed),
                     model=ModelRef(name=name, version=result.model_version),
                     policy_version=result.policy_version, request_id=request.state.request_id)
     return Response(out.model_dump_json(), media_type="application/json")
@@ -553,7 +553,7 @@ def _openapi() -> dict[str, Any]:
     return schema
 
 
-app.openapi = _openapi  # type: ignore[method-assign]
+app.openapi = _openapi  # type: ignore[method-assign]  # FastAPI's documented way to replace the schema
 
 
 # ---- the review console, offline docs (serving/console.py) ----------------------------------------

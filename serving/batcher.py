@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -146,14 +147,14 @@ class MicroBatcher:
         done: asyncio.Future[None] = loop.create_future()
 
         def on_done(_job: _Job) -> None:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+            loop.call_soon_threadsafe(lambda: None if done.done() else done.set_result(None))
 
         job = self.submit(windows, time.monotonic() + timeout_s, on_done)
-        waiters: set[asyncio.Future[object]] = {done}  # type: ignore[arg-type]
+        waiters: set[asyncio.Future[Any]] = {done}
         watcher: asyncio.Task[bool] | None = None
         if disconnected is not None:
             watcher = asyncio.ensure_future(disconnected.wait())
-            waiters.add(watcher)  # type: ignore[arg-type]
+            waiters.add(watcher)
         try:
             await asyncio.wait(waiters, timeout=max(0.0, job.deadline - time.monotonic()),
                                return_when=asyncio.FIRST_COMPLETED)

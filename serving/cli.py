@@ -8,11 +8,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from shenhe.models.errors import UserError, cli_errors
+
+if TYPE_CHECKING:
+    from shenhe.serving.config import ServingConfig
 
 review_app = typer.Typer(help="The human-review queue: export reviewer decisions for retraining.",
                          no_args_is_help=True)
@@ -30,11 +33,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _config(**overrides: object):  # -> ServingConfig (typed import stays inside)
+def _config(**overrides: object) -> ServingConfig:
     from shenhe.serving.config import ConfigError, ServingConfig
 
     try:
-        return ServingConfig.from_env(**overrides)
+        return ServingConfig.from_env(None, **overrides)
     except ConfigError as e:
         raise UserError(str(e)) from None
 
@@ -125,7 +128,7 @@ def _serve(**options: object) -> None:
     root = str(Path(shenhe.__file__).resolve().parent.parent)  # the directory holding the shenhe package
     if sys.path[0] != root:
         sys.path.insert(0, root)
-    load(SERVICE, working_dir=root).inject_config()
+    load(SERVICE, working_dir=root).inject_config()  # type: ignore[union-attr]  # load(): legacy or new Service; ours is new
     from shenhe.serving.config import bentoml_timeout
 
     serve_http(SERVICE, working_dir=root, host=host, port=config.port, timeout=bentoml_timeout(config))

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
@@ -56,7 +56,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, S
 from sqlalchemy.types import TypeDecorator
 
 from shenhe.models.policy import CATEGORY_SLUGS
-from shenhe.models.types import Prediction
+from shenhe.models.types import Decision, Prediction
 
 _ESCAPED = "\ufdd0"  # a Unicode noncharacter marks a JSON-escaped value (see NulSafeText)
 
@@ -228,7 +228,7 @@ class ClaimedItem:
     review_id: str
     caller_id: str | None
     text: str
-    decision: str
+    decision: Decision
     scores: dict[str, float]
     categories: list[str]
     reasons: list[dict[str, Any]]
@@ -239,7 +239,7 @@ class ClaimedItem:
     created_at: datetime
     lease_token: str
     lease_expires_at: datetime
-    kind: str = "review"
+    kind: Literal["review", "audit", "second"] = "review"
     request_id: str | None = None
 
 

@@ -38,6 +38,7 @@ SMOKE_TEXTS = ("今天天气很好，我们下午去公园散步吧。", "你这
 _STAT_FILES = (MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE, POLICY_FILE)
 
 Outcome = Literal["reloaded", "unchanged", "refused"]
+Watched = Literal["bundle", "policy"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class ReloadResult:
     model_version: str
     policy_version: str
     reason: str | None = None
-    changed: tuple[str, ...] = ()
+    changed: tuple[Watched, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {"status": self.status, "trigger": self.trigger, "model_version": self.model_version,
@@ -140,8 +141,9 @@ class Reloader:
             current = runtime.predictor
             fp = self.fingerprint()
             self._tried = fp
-            changed = tuple(name for name, differs in (("bundle", fp.bundle != self._loaded.bundle),
-                                                       ("policy", fp.policy != self._loaded.policy)) if differs)
+            watched: tuple[tuple[Watched, bool], ...] = (("bundle", fp.bundle != self._loaded.bundle),
+                                                         ("policy", fp.policy != self._loaded.policy))
+            changed = tuple(name for name, differs in watched if differs)
             if not changed:
                 return ReloadResult("unchanged", trigger, current.info.version, current.policy.version)
             started = time.monotonic()

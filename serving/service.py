@@ -12,12 +12,17 @@ Settings come from ``SHENHE_*`` environment variables (serving/config.py).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import bentoml
 
 from shenhe.serving.api import app as api_app
 from shenhe.serving.config import ConfigError, ServingConfig, bentoml_timeout
 from shenhe.serving.hardening import HardeningMiddleware
 from shenhe.serving.logging import configure_logging
+
+if TYPE_CHECKING:
+    from shenhe.serving.runtime import Runtime
 
 
 def _config_or_default() -> ServingConfig:
@@ -31,11 +36,11 @@ def _config_or_default() -> ServingConfig:
 _CONFIG = _config_or_default()
 
 
-def _live_precision_text(runtime: object) -> str:
+def _live_precision_text(runtime: Runtime) -> str:
     from shenhe.serving.live_precision import for_runtime, metrics_text
 
     try:
-        return metrics_text(for_runtime(runtime).report())  # type: ignore[arg-type]
+        return metrics_text(for_runtime(runtime).report())
     except Exception:  # a scrape must not fail because the database is briefly away
         return "# shenhe_live_precision unavailable: database unreachable\n"
 
@@ -90,4 +95,4 @@ class Shenhe:
 
 
 # Host / Origin / content-type checks and the /metrics key, in front of every route (serving/hardening.py).
-Shenhe.add_asgi_middleware(HardeningMiddleware)  # type: ignore[attr-defined]
+Shenhe.add_asgi_middleware(HardeningMiddleware)  # type: ignore[attr-defined]  # a bentoml Service: mypy drops class decorators' types (mypy#3135)
