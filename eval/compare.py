@@ -9,7 +9,7 @@ average precision (threshold-free, so it does not depend on each bundle's chosen
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -62,7 +62,7 @@ def compare_runs(y_true: np.ndarray, this: Scored, other: Scored, *, n_boot: int
     ``slices``: name -> bool mask; their binary metrics are compared under ``<name>.binary.<metric>``
     on the same resamples (a resample's slice is the slice's texts it drew)."""
     n = len(y_true)
-    macro_over = y_true.any(axis=0)
+    macro_over = cast(np.ndarray, y_true.any(axis=0))
 
     def flat(run: Scored, W: np.ndarray) -> dict[str, np.ndarray]:
         out = flat_metrics(y_true, run.scores, W, decisions=run.decisions, thresholds=run.thresholds,

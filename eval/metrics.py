@@ -19,6 +19,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -200,7 +201,7 @@ def reliability(y: np.ndarray, s: np.ndarray, n_bins: int = N_CALIBRATION_BINS) 
 
 def binary_metrics(y_true: np.ndarray, scores: np.ndarray, W: np.ndarray) -> dict[str, np.ndarray]:
     """Harmful (any label) vs. not; predicted harmful when the highest score >= 0.5."""
-    harmful = y_true.any(axis=1)
+    harmful = cast(np.ndarray, y_true.any(axis=1))
     top = scores.max(axis=1)
     pred = top >= BINARY_THRESHOLD
     tp, fp, fn, tn = counts(harmful, pred, W)
@@ -285,7 +286,7 @@ def flat_metrics(y_true: np.ndarray, scores: np.ndarray, W: np.ndarray, decision
         out.update({f"category.{slug}.{k}": v for k, v in cat.items()})
         f1s.append(cat["f1"])
     if macro_over is None:
-        macro_over = y_true.any(axis=0)
+        macro_over = cast(np.ndarray, y_true.any(axis=0))
     if macro_over.any():
         with warnings.catch_warnings():  # a resample where all are NaN is a legitimate NaN
             warnings.simplefilter("ignore", RuntimeWarning)

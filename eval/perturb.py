@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from shenhe.models.policy import CATEGORY_SLUGS
 
 from .metrics import BLOCK, PASS, flat_metrics, nan_to_none, ones_weights, wilson_interval
 from .scoring import Scored
+
+if TYPE_CHECKING:
+    from opencc import OpenCC
 
 INSERT_RATE = 0.5  # chance of an insertion after each Chinese character
 HOMOPHONE_RATE = 0.3  # chance of replacing each Chinese character by a same-sound one
@@ -65,7 +68,7 @@ def full_width(text: str, rng: np.random.Generator) -> str:
 
 
 @lru_cache(maxsize=1)
-def _s2t():  # type: ignore[no-untyped-def]
+def _s2t() -> OpenCC:
     import opencc
 
     return opencc.OpenCC("s2t")

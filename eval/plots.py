@@ -190,7 +190,7 @@ def score_histogram(y_true: np.ndarray, series: Series) -> str:
     harmful = y_true.any(axis=1)
     top = series.scores.max(axis=1)
     fig, ax = plt.subplots(figsize=(8, 4))
-    bins = np.linspace(0, 1, 41)
+    bins = np.linspace(0, 1, 41).tolist()
     ax.hist(top[~harmful], bins=bins, alpha=0.6, label=f"not harmful (n={int((~harmful).sum())})", color="#2ca02c")
     ax.hist(top[harmful], bins=bins, alpha=0.6, label=f"harmful (n={int(harmful.sum())})", color="#d62728")
     ax.axvline(BINARY_THRESHOLD, color="black", ls="--", lw=1, label="0.5")

@@ -55,7 +55,7 @@ PredictorFactory = Callable[[Path | None, Path | None, int | None], PredictorLik
 
 def _default_factory(bundle: Path | None, policy: Path | None, threads: int | None) -> PredictorLike:
     try:
-        return load_predictor(bundle, policy, threads)  # type: ignore[arg-type]
+        return load_predictor(bundle, policy, threads)
     except ImportError as e:  # models.predictor not installed/available
         raise EvalDataError(f"cannot load the predictor: {e}") from None
 
@@ -123,7 +123,9 @@ def run_eval(cfg: EvalConfig, factory: PredictorFactory | None = None,
     if cfg.baseline is not None:
         t1 = time.perf_counter()
         if baseline_loader is None:
-            from shenhe.models.baseline import load_baseline as baseline_loader  # type: ignore[no-redef]
+            from shenhe.models.baseline import load_baseline
+
+            baseline_loader = load_baseline
         try:
             scorer = baseline_loader(cfg.baseline)
         except (FileNotFoundError, ValueError) as e:

@@ -53,7 +53,7 @@ class Scored:
         )
 
 
-def load_predictor(bundle_dir: str | Path, policy: str | Path | None = None,
+def load_predictor(bundle_dir: str | Path | None, policy: str | Path | None = None,
                    threads: int | None = None) -> PredictorLike:
     """The bundle's onnxruntime Predictor (imported here: onnxruntime loads only when scoring)."""
     from shenhe.models.predictor import Predictor
@@ -82,7 +82,7 @@ def from_predictions(predictions: Sequence[Prediction], policy: Policy,
             top.append("")
             continue
         # the highest-scored category among those behind the decision
-        top.append(max(p.categories, key=lambda c, p=p: p.scores.get(c, 0.0)))
+        top.append(max(p.categories, key=lambda c, p=p: p.scores.get(c, 0.0)))  # type: ignore[misc]  # mypy cannot type a lambda's default (p=p binds the loop variable)
     first = predictions[0]
     return Scored(
         name=first.model.name, version=first.model.version, policy_name=policy.name,

@@ -12,7 +12,7 @@ per category (the texts that reach that category's review threshold) and per sou
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -87,7 +87,7 @@ def _share(mask: np.ndarray, within: np.ndarray) -> dict[str, Any]:
 def harmless_review_section(y_true: np.ndarray, scores: np.ndarray, decisions: np.ndarray, thr: Thresholds,
                             sources: list[str | None]) -> dict[str, Any]:
     """What the policy does with texts that carry no label: overall, per category and per source."""
-    harmless = ~y_true.any(axis=1)
+    harmless = ~cast(np.ndarray, y_true.any(axis=1))
     src = _sources(sources)
     review, block = decisions == REVIEW, decisions == BLOCK
 

@@ -20,6 +20,10 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from opencc import OpenCC
 
 MAX_RUN = 3
 _DROP_CATEGORIES = {"Cc", "Cf", "Cs", "Cn"}
@@ -45,7 +49,7 @@ class Normalized:
 
 
 @lru_cache(maxsize=1)
-def _converter():  # type: ignore[no-untyped-def]
+def _converter() -> OpenCC:
     import opencc
 
     return opencc.OpenCC("t2s")

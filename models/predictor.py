@@ -173,10 +173,10 @@ class Predictor:
             s = float(scores[c])
             if self._can_block[c] and s >= self._block_t[c]:
                 blocked.append(slug)
-                reasons.append(Reason(slug, "block", s, float(self._block_t[c]), tuple(spans[c])))
+                reasons.append(Reason(slug, "block", s, float(self._block_t[c]), (spans[c][0], spans[c][1])))
             elif self._reviewable[c] and s >= self._review_t[c]:
                 reviewed.append(slug)
-                reasons.append(Reason(slug, "review", s, float(self._review_t[c]), tuple(spans[c])))
+                reasons.append(Reason(slug, "review", s, float(self._review_t[c]), (spans[c][0], spans[c][1])))
         matches = self._terms.find(norm)
         # Allow-list phrases remove their category's model flag (kept as an `allow` reason).
         for m in matches:

@@ -75,7 +75,7 @@ def _classify_file(predictor: Any, input_path: Path, output: TextIO, text_field:
 
 
 def _print_prediction(text: str, pred: Any, policy: Any) -> None:
-    from rich.console import Console
+    from rich.console import Console, JustifyMethod
     from rich.table import Table
 
     console = Console()
@@ -84,9 +84,10 @@ def _print_prediction(text: str, pred: Any, policy: Any) -> None:
     console.print(f"[bold {colour}]{pred.decision.upper()}[/]{cats}   model {pred.model.name} {pred.model.version} · "
                   f"policy {pred.policy_version}")
     table = Table(show_edge=False)
-    for col, justify in (("category", "left"), ("score", "right"), ("review ≥", "right"), ("block ≥", "right"),
-                         ("", "left")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("category", "left"), ("score", "right"), ("review ≥", "right"), ("block ≥", "right"), ("", "left"))
+    for col, justify in columns:
+        table.add_column(col, justify=justify)
     hit = {r.category: (f"term_{r.action}" if r.kind == "term" else r.kind) for r in pred.reasons}
     for slug in CATEGORY_SLUGS:
         cat = policy.category(slug)
