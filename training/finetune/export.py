@@ -3,8 +3,8 @@
 Steps: torch model -> fp32 ONNX -> INT8 ONNX; score dev (and test) with the INT8 model that ships;
 fit calibration and thresholds on those dev scores (so the thresholds are the shipped model's). ``dev.jsonl``
 is the *fit* part of dev: ``shenhe data build`` moves the held-apart half of each large source's dev rows to
-``holdout.jsonl``, which export never reads, so `shenhe eval --data holdout.jsonl` measures thresholds on
-rows they were not fit on;
+``holdout.jsonl``. Thresholds and calibration are never fit on it; export reads it for one yes/no per category:
+auto-block stays on only where the block precision holds in every held-apart source (thresholds.gate_blocks);
 check parity (fp32 ONNX vs torch, INT8 vs fp32); write metrics, policy, model card and hashes.
 The bundle is assembled in a temporary sibling directory and moved into place at the end.
 """
@@ -40,9 +40,10 @@ from shenhe.models.cores import default_threads
 from shenhe.models.policy import CATEGORY_SLUGS, load_policy
 from shenhe.models.windowing import WindowTokenizer
 from shenhe.training.finetune.calibrate import apply_calibration
-from shenhe.training.finetune.dataset import Split, read_splits
+from shenhe.training.finetune.dataset import Split, read_split, read_splits
 from shenhe.training.finetune.errors import ExportError
-from shenhe.training.finetune.quality import judge, quality_drops, quality_failures, worst_drop
+from shenhe.training.finetune.fit import gate_on_heldout, judge
+from shenhe.training.finetune.quality import quality_drops, quality_failures, worst_drop
 from shenhe.training.finetune.sources import describe_sources
 from shenhe.training.finetune.thresholds import decisions, points_as_dicts
 
@@ -273,6 +274,12 @@ def _export(opts: ExportOptions, run_dir: Path) -> Path:
             (stage / f"model.{a['scheme']}.onnx").unlink(missing_ok=True)
         int8: Any = chosen["session"]
         judged = chosen["judged"]
+        held = data_dir / "holdout.jsonl"
+        if held.is_file():  # auto-block only where every held-apart source keeps the block precision
+            heldout = read_split(held, "holdout")
+            held_logits, _ = onnx_window_logits(int8, windower, heldout.normalized, opts.batch_size,
+                                                opts.show_progress, "holdout")
+            judged = gate_on_heldout(judged, held_logits, heldout, dev, test, base_policy, f"{name}.{version}")
         calibration, points, policy = judged.calibration, judged.points, judged.policy
         parity = {k: v for k, v in chosen["attempt"].items() if k != "failures"}
         parity["attempts"] = attempts
@@ -290,11 +297,12 @@ def _export(opts: ExportOptions, run_dir: Path) -> Path:
         if test is not None:
             metrics["test"] = judged.test_metrics
         metrics["operating_points"] = points_as_dicts(points)
-        held = data_dir / "holdout.jsonl"
-        metrics["fit"] = {  # what the calibration and thresholds saw; holdout.jsonl is never read here
+        metrics["fit"] = {  # what calibration and thresholds were fit on; holdout.jsonl only gates auto-block
             "split": "dev", "texts": len(dev), "sources": dev.source_counts(),
             "held_apart_file": str(held) if held.is_file() else None,
         }
+        if judged.block_gate is not None:
+            metrics["block_gate"] = judged.block_gate
         metrics["parity"] = parity
         metrics["speed"] = _throughput(int8, windower, dev.texts)
         metrics["training"] = {k: info.get(k) for k in ("train_samples_per_second", "dev_macro_f1", "test_macro_f1")}
