@@ -185,9 +185,9 @@ def build(config: BuildConfig, progress: Any = None) -> dict[str, Any]:
 
     dev_from_train = {s.name for s in PUBLIC_SOURCES if s.dev_from_train}
     out_rows: dict[str, list[dict[str, Any]]] = {s: [] for s in OUT_SPLITS}
-    totals = {kind: {s: Counter() for s in OUT_SPLITS} for kind in ("real", "synthetic", "extra")}
+    totals: dict[str, dict[str, Counter[str]]] = {kind: {s: Counter() for s in OUT_SPLITS} for kind in ("real", "synthetic", "extra")}
     row_keys: dict[str, str] = {}  # output row id -> dedup key (for the held-apart partition of dev)
-    dedup = Counter()
+    dedup: Counter[str] = Counter()
     seen_ids: set[str] = set()
     task = progress.add_task("resolving labels + splitting", total=len(groups))
     for key, members in groups.items():

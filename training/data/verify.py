@@ -47,7 +47,7 @@ def bad_rows(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 def count_table(rows: dict[str, list[dict[str, Any]]], sources: set[str] | None = None) -> dict[str, Counter[str]]:
     """Rows per category per split (optionally only rows of some sources), as the stats count them."""
-    table = {split: Counter() for split in SPLITS}
+    table: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
     for split, split_rows in rows.items():
         for row in split_rows:
             if sources is not None and row["source"] not in sources:

@@ -23,9 +23,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import torch
+
+T = TypeVar("T")
 
 ENCODER_META_FILE = "shenhe_encoder.json"
 DEFAULT_ENCODER_NAME = "me5-small-zh"
@@ -113,7 +119,7 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def load_base_config(base: str):
+def load_base_config(base: str) -> Any:  # transformers PretrainedConfig
     """``AutoConfig`` of a local directory or hub id (cache first, then the hub if reachable)."""
     from transformers import AutoConfig
 
@@ -121,7 +127,7 @@ def load_base_config(base: str):
     return _from_hub_or_cache(AutoConfig.from_pretrained, ref, local)
 
 
-def _from_hub_or_cache(loader, ref: str, local: Path | None, **kwargs):
+def _from_hub_or_cache(loader: Callable[..., T], ref: str, local: Path | None, **kwargs: Any) -> T:
     if local is not None:
         return loader(ref, **kwargs)
     try:
@@ -180,13 +186,13 @@ def load_base(base: str, *, with_model: bool = True) -> BaseEncoder:
     return BaseEncoder(tokenizer, model, ref, meta.text_prefix, meta.pooling, int(max_length))
 
 
-def mean_pool(hidden, attention_mask):
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mask-aware mean over the token axis: ``hidden`` [B, T, H], ``attention_mask`` [B, T] -> [B, H]."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
-def pool(base: BaseEncoder, hidden, attention_mask):
+def pool(base: BaseEncoder, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Sentence vector the way ``base`` expects (``mean`` or ``cls``)."""
     if base.pooling == "cls":
         return hidden[:, 0]

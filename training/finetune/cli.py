@@ -139,8 +139,8 @@ def train_cmd(
                     time_budget_minutes=time_budget, max_train_samples=max_train_samples,
                     max_per_source=max_per_source, eval_every_steps=eval_every or None,
                     eval_samples=eval_samples or None, save_every_steps=save_every,
-                    **({} if patience is None else {"early_stopping_patience": patience}),  # None: the dataclass default
-                    threads=threads, device=device, calibration=calibration,  # type: ignore[arg-type]
+                    **({} if patience is None else {"early_stopping_patience": patience}),  # type: ignore[arg-type]  # None: the dataclass default (mypy checks ** against every parameter)
+                    threads=threads, device=device, calibration=calibration,  # type: ignore[arg-type]  # a str: calibrate() takes any name but "isotonic" as platt
                     min_train_positives=min_train_positives, oversample_rare=oversample_rare,
                     snapshot_every_steps=snapshot_every, average_last=average_last or 0,
                 )

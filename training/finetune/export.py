@@ -322,7 +322,7 @@ def _export(opts: ExportOptions, run_dir: Path) -> Path:
             encoding="utf-8")
         (stage / METRICS_FILE).write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         sources = describe_sources(data_dir, info["summary"].get("sources", {}))
-        manifest_kwargs = dict(
+        manifest_kwargs: dict[str, Any] = dict(
             name=name, version=version, created=datetime.now(UTC).isoformat(timespec="seconds"),
             base_encoder=describe_base(str(args["base"])), max_length=int(args["max_length"]),
             window_stride=int(args["window_stride"]), pad_token_id=pad_id, text_prefix=prefix, slugs=CATEGORY_SLUGS,

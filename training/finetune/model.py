@@ -8,13 +8,19 @@ the parameters that train (see trainer.py), so frozen embeddings are never rewri
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from shenhe.models.policy import CATEGORY_SLUGS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from shenhe.training.encoder.base import BaseEncoder
 
 CLASSIFIER_FILE = "classifier.json"
 HEAD_FILE = "head.safetensors"
@@ -24,7 +30,7 @@ ENCODER_DIR = "encoder"
 class MultiLabelClassifier(nn.Module):
     """encoder -> pooled vector -> dropout -> linear(9) logits (one sigmoid per category)."""
 
-    def __init__(self, encoder: nn.Module, num_labels: int = len(CATEGORY_SLUGS), dropout: float = 0.1,
+    def __init__(self, encoder: PreTrainedModel, num_labels: int = len(CATEGORY_SLUGS), dropout: float = 0.1,
                  pooling: str = "mean") -> None:
         super().__init__()
         if pooling not in ("mean", "cls"):
@@ -90,12 +96,13 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_base(base: str, attn_implementation: str | None = None) -> tuple[nn.Module, Any, str]:
+def load_base(base: str, attn_implementation: str | None = None) -> tuple[PreTrainedModel, Any, str]:
     """(encoder, fast tokenizer, text prefix) from a local directory or hub id.
 
     Uses the encoder package's loader (which knows an imported e5 checkpoint wants "passage: " before
     every text) and falls back to transformers' Auto classes."""
     quiet_transformers()
+    encoder_load_base: Callable[[str], BaseEncoder] | None
     try:
         from shenhe.training.encoder.base import load_base as encoder_load_base
     except ImportError:

@@ -28,6 +28,8 @@ DEFAULT_ALPHA = 0.5
 class SmoothedLinear(nn.Module):
     """``linear`` with its input scaled by ``1/s`` and its weight's input columns by ``s`` (same function)."""
 
+    inv_scale: torch.Tensor  # a registered buffer
+
     def __init__(self, linear: nn.Linear, scale: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("inv_scale", (1.0 / scale).to(linear.weight.dtype))

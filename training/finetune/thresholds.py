@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -147,7 +147,7 @@ def choose_operating_point(slug: str, scores: np.ndarray, labels: np.ndarray, ta
 def choose_operating_points(probs: np.ndarray, labels: np.ndarray, trained: np.ndarray, policy: Policy,
                             sources: Sequence[str] | None = None,
                             min_block_support: int = MIN_BLOCK_SUPPORT) -> list[OperatingPoint]:
-    harmless = ~(labels > 0).any(axis=1)
+    harmless = ~cast(np.ndarray, (labels > 0).any(axis=1))
     out: list[OperatingPoint] = []
     for c, slug in enumerate(CATEGORY_SLUGS):
         if not trained[c]:

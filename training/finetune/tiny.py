@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shenhe.models.normalize import normalize_text
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
 TEXT_PREFIX = "passage: "
 
 
-def build_tokenizer(texts: Sequence[str], bigrams: int = 200):  # type: ignore[no-untyped-def]
+def build_tokenizer(texts: Sequence[str], bigrams: int = 200) -> Tokenizer:
     """A deterministic unigram tokenizer: every character seen, plus the most frequent character pairs.
 
     (``UnigramTrainer`` is multi-threaded and not reproducible run to run; tests need the same model.)"""

@@ -207,11 +207,12 @@ class Trainer:
         planned = a.epochs * self.batches_per_epoch
         self.total_steps = min(planned, a.max_steps) if a.max_steps else planned
 
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for name, p in self.model.encoder.named_parameters():
             if p.requires_grad:
                 (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
-        groups = [
+        groups: list[dict[str, Any]] = [
             {"params": decay, "lr": a.learning_rate, "weight_decay": a.weight_decay},
             {"params": no_decay, "lr": a.learning_rate, "weight_decay": 0.0},
             {"params": list(self.model.head.parameters()), "lr": a.head_learning_rate, "weight_decay": 0.0},
@@ -538,7 +539,7 @@ class Trainer:
                 # A larger budget or more epochs on resume continue a finished run; early stopping stays final.
                 if not self.state.stop_reason.startswith("early stopping"):
                     self.state.stop_reason = ""
-            info = {"arch": "bert", "status": "training", "args": self.args.to_json(), "summary": self.summary}
+            info: dict[str, Any] = {"arch": "bert", "status": "training", "args": self.args.to_json(), "summary": self.summary}
             _write_json(run_file, info)
             log.info("summary %s", json.dumps(self.summary, ensure_ascii=False))
             self._loop()

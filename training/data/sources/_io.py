@@ -93,7 +93,7 @@ def as_int(value: object, allowed: Iterable[int]) -> int:
     if isinstance(value, bool):
         raise MalformedRow(f"label {value!r} is not an integer")
     try:
-        number = int(float(value)) if isinstance(value, str) else int(value)  # type: ignore[arg-type]
+        number = int(float(value)) if isinstance(value, str) else int(value)  # type: ignore[call-overload]  # any cell; int() raises TypeError, caught below
     except (TypeError, ValueError):
         raise MalformedRow(f"label {value!r} is not an integer") from None
     allowed = tuple(allowed)

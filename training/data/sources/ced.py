@@ -46,7 +46,7 @@ def _labels_from_tsv(path: Path, log: IssueLog) -> list[tuple[str, str]] | None:
 def _labels_from_layout(root: Path) -> list[tuple[str, str]] | None:
     if not all((root / folder).is_dir() for folder, _ in LAYOUT):
         return None
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for folder, label in LAYOUT:
         pairs.extend((p.name, label) for p in sorted((root / folder).iterdir()) if p.suffix == ".json")
     return pairs

@@ -60,7 +60,7 @@ def load(root: Path, log: IssueLog) -> Iterator[Record]:
             log.warn(f"{NAME}: {path} is not a JSON list; skipped")
             continue
         for record in convert_rows(NAME, path, enumerate(data),
-                                   lambda w, r, s=split: _convert(w, r, s, s), log):
+                                   lambda w, r, s=split: _convert(w, r, s, s), log):  # type: ignore[misc]  # mypy cannot type a lambda's default
             seen.add(record.text)
             yield record
     csv_path = root / CSV_FILE
