@@ -12,6 +12,7 @@ per category (the texts that reach that category's review threshold) and per sou
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -25,7 +26,7 @@ TARGET_PRECISION = 0.95
 ALL = "(all)"
 
 
-def _sources(sources: list[str | None]) -> np.ndarray:
+def _sources(sources: Sequence[str | None]) -> np.ndarray:
     return np.array([s if s is not None else "(none)" for s in sources])
 
 
@@ -44,7 +45,7 @@ def _precision_cell(blocked: np.ndarray, truth: np.ndarray, positives: int) -> d
 
 
 def block_precision_section(y_true: np.ndarray, scores: np.ndarray, thr: Thresholds,
-                            sources: list[str | None]) -> dict[str, Any]:
+                            sources: Sequence[str | None]) -> dict[str, Any]:
     """Per category: block precision on all texts and per source, and the worst rule source."""
     src = _sources(sources)
     names = sorted(set(src.tolist()))
@@ -85,7 +86,7 @@ def _share(mask: np.ndarray, within: np.ndarray) -> dict[str, Any]:
 
 
 def harmless_review_section(y_true: np.ndarray, scores: np.ndarray, decisions: np.ndarray, thr: Thresholds,
-                            sources: list[str | None]) -> dict[str, Any]:
+                            sources: Sequence[str | None]) -> dict[str, Any]:
     """What the policy does with texts that carry no label: overall, per category and per source."""
     harmless = ~cast(np.ndarray, y_true.any(axis=1))
     src = _sources(sources)

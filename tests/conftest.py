@@ -9,10 +9,19 @@ and real-sentence behaviour on ``models/default``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 FIXTURE_DATA = Path(__file__).parent / "training" / "data"
+
+T = TypeVar("T")
+
+
+def present(value: T | None) -> T:
+    """``value`` where the test expects one (a claimed item, a stored row); None fails the test here."""
+    assert value is not None
+    return value
 
 
 def build_tiny_run(root: Path, max_steps: int = 12) -> Path:

@@ -13,7 +13,7 @@ DOCS = sorted((ROOT / "docs").glob("*.md"))
 
 
 def _commands(app: typer.Typer, prefix: str = "shenhe") -> list[str]:
-    out = [f"{prefix} {c.name or c.callback.__name__.replace('_', '-')}" for c in app.registered_commands]  # type: ignore[union-attr]
+    out = [f"{prefix} {c.name or c.callback.__name__.replace('_', '-')}" for c in app.registered_commands]  # type: ignore[union-attr]  # a registered command has a callback
     for group in app.registered_groups:
         assert group.typer_instance is not None and group.name
         out += _commands(group.typer_instance, f"{prefix} {group.name}")

@@ -19,7 +19,7 @@ from shenhe.eval.metrics import Thresholds, decide
 from shenhe.eval.scoring import Scored, from_predictions
 from shenhe.models.normalize import normalize_text
 from shenhe.models.policy import CATEGORY_SLUGS, Policy, load_policy
-from shenhe.models.types import ModelInfo, Prediction, Reason
+from shenhe.models.types import Decision, ModelInfo, Prediction, Reason
 
 FIXTURES = Path(__file__).with_name("fixtures")
 HAND8 = FIXTURES / "hand8.jsonl"
@@ -65,7 +65,8 @@ class FakePredictor:
         out = []
         for text in texts:
             s = self.score_one(text)
-            reasons, decision = [], "pass"
+            reasons: list[Reason] = []
+            decision: Decision = "pass"
             for j, cat in enumerate(self.policy.categories):
                 if s[j] >= cat.block_threshold and cat.can_block:
                     reasons.append(Reason(cat.slug, "block", float(s[j]), cat.block_threshold, (0, len(text))))

@@ -12,6 +12,7 @@ from shenhe.eval.perturb import robustness_section
 from shenhe.eval.scoring import Scored
 from shenhe.eval.sources import MIN_POSITIVES, block_precision_section, harmless_review_section
 from shenhe.models.policy import CATEGORY_SLUGS
+from tests.conftest import present
 
 C = 9
 S0, S2 = CATEGORY_SLUGS[0], CATEGORY_SLUGS[2]  # the columns the tests fill
@@ -25,12 +26,12 @@ def thresholds(can_block: list[int] | None = None) -> Thresholds:
 
 
 def test_wilson_interval_matches_known_values() -> None:
-    lo, hi = wilson_interval(20, 20)
+    lo, hi = present(wilson_interval(20, 20))
     assert lo == pytest.approx(0.8389, abs=1e-4) and hi == 1.0
-    lo, hi = wilson_interval(5, 10)
+    lo, hi = present(wilson_interval(5, 10))
     assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
     assert wilson_interval(0, 0) is None
-    lo, hi = wilson_interval(0, 7)
+    lo, hi = present(wilson_interval(0, 7))
     assert lo == 0.0 and 0 < hi < 0.5
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from shenhe.models.policy import CATEGORY_SLUGS
 from shenhe.serving.queue import ReviewStore
+from tests.conftest import present
 from tests.serving.conftest import EVERYDAY, INSULT, KEYS, ServerProcess, auth
 
 pytestmark = pytest.mark.integration
@@ -143,7 +144,7 @@ def test_traditional_and_obfuscated_insults_reach_review(server: ServerProcess, 
         m = item["matches"][0]
         assert m["category"] == "insult_defamation"
         assert text[m["start"]] in "傻废"  # positions are in the caller's original text
-        assert store.get(item["review_id"])["text"] == text  # NUL and zero-width characters stored intact
+        assert present(store.get(item["review_id"]))["text"] == text  # NUL and zero-width characters stored intact
 
 
 def test_long_text_reason_points_into_the_original_text(server: ServerProcess) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from shenhe.models.types import ModelInfo, Prediction, Reason
 from shenhe.serving.queue import NewReviewItem, ReviewStore, review_items
+from tests.conftest import present
 from tests.serving.conftest import INSULT, KEYS, ServerProcess, auth
 
 pytestmark = pytest.mark.integration
@@ -65,13 +66,13 @@ def test_decision_on_an_item_leased_to_someone_else_is_409_whatever_the_body_say
                  {"labels": {}, "lease_token": "f" * 32}):
         for role in ("review2", "admin"):
             assert_error(httpx.post(url, json=body, headers=auth(role)), 409, "leased")
-    assert store.get(rid)["state"] == "open"
+    assert present(store.get(rid))["state"] == "open"
     ok = httpx.post(url, headers=auth("review"),
                     json={"labels": {"insult_defamation": True}, "reviewer": "someone-else", "note": "n",
                           "lease_token": held["lease_token"]})
     assert ok.status_code == 200, ok.text
     assert ok.json()["reviewer"] == "reviewers"  # the key's name, not the body's
-    assert store.get(rid)["reviewer"] == "reviewers"
+    assert present(store.get(rid))["reviewer"] == "reviewers"
     actions = [(a["actor"], a["action"]) for a in store.audit_log(review_id=rid)][::-1]
     assert ("reviewers", "claim") in actions and actions[-1] == ("reviewers", "decide")
 
@@ -102,7 +103,7 @@ def test_console_actions_write_audit_rows_with_the_key_name(server: ServerProces
     assert d.status_code == 200 and d.json()["reviewer"] == "bob"
     assert_error(httpx.post(f"{base}/undo", headers=auth("review")), 409, "undo_refused")  # not their decision
     u = httpx.post(f"{base}/undo", headers=h)
-    assert u.status_code == 200 and u.json()["review_id"] == rid and store.get(rid)["state"] == "open"
+    assert u.status_code == 200 and u.json()["review_id"] == rid and present(store.get(rid))["state"] == "open"
     d2 = httpx.post(f"{base}/decision", headers=h, json={"labels": [], "lease_token": u.json()["lease_token"]})
     assert d2.status_code == 200
     log = store.audit_log(review_id=rid)[::-1]
@@ -160,7 +161,7 @@ def test_cross_origin_state_changes_are_refused(server: ServerProcess, store: Re
                             headers={**auth("classify"), "Origin": "null"}), 403, "origin_not_allowed")
     assert_error(httpx.post(f"{server.url}/review/api/claim", json={},
                             headers={**auth("review"), "Sec-Fetch-Site": "cross-site"}), 403, "origin_not_allowed")
-    assert store.get(rid)["state"] == "open" and not store.audit_log(review_id=rid)
+    assert present(store.get(rid))["state"] == "open" and not store.audit_log(review_id=rid)
     assert '"error": "origin_not_allowed"' in server.log_text()
     same = httpx.post(f"{server.url}/v1/classify", json={"items": [{"text": "你好"}]},
                       headers={**auth("classify"), "Origin": server.url})

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from shenhe.serving.queue import ReviewStore
+from tests.conftest import present
 from tests.serving.conftest import KEYS, ServerProcess, auth
 from tests.serving.test_console import seed_block_audits
 
@@ -123,7 +124,7 @@ def test_reviewer_flow_claim_label_undo_export(page: Any, sqlite_server: ServerP
     sync_api.expect(page.locator("#status")).to_contain_text("已提交")
     store = ReviewStore(str(server.extra["db_url"]))
     try:
-        row = store.get(rid)
+        row = present(store.get(rid))
         assert row["state"] == "decided" and row["labels"] == ["insult_defamation"] and row["reviewer"] == "bob"
         assert row["note"] == "粗口"
 
@@ -131,12 +132,12 @@ def test_reviewer_flow_claim_label_undo_export(page: Any, sqlite_server: ServerP
         sync_api.expect(page.locator("#status")).to_contain_text("已撤销")
         assert page.locator("#item-text").inner_text() == text
         assert page.locator('input[value="insult_defamation"]').is_checked()  # the labels come back
-        assert store.get(rid)["state"] == "open"
+        assert present(store.get(rid))["state"] == "open"
         page.keyboard.press("8")
         page.keyboard.press("6")  # rumor
         page.keyboard.press("Enter")
         sync_api.expect(page.locator("#status")).to_contain_text("已提交")
-        assert store.get(rid)["labels"] == ["rumor"]
+        assert present(store.get(rid))["labels"] == ["rumor"]
         actions = [a["action"] for a in store.audit_log(review_id=rid)][::-1]
         assert actions[-4:] == ["claim", "decide", "undo", "decide"]
     finally:

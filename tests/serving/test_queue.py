@@ -23,6 +23,7 @@ from shenhe.serving.queue import (
     UndoRefused,
     review_items,
 )
+from tests.conftest import present
 
 
 def prediction(categories: list[str] | None = None) -> Prediction:
@@ -70,8 +71,8 @@ def test_enqueue_dedups_on_caller_id_and_text(store: ReviewStore) -> None:
 def test_text_with_nul_and_marker_round_trips(store: ReviewStore) -> None:
     texts = ["傻\x00逼", "\ufdd0looks escaped", "普通文本", ""]
     ids = store.enqueue([item("n", t) for t in texts]).review_ids
-    assert [store.get(i)["text"] for i in ids] == texts
-    got = [store.claim(60) for _ in texts]
+    assert [present(store.get(i))["text"] for i in ids] == texts
+    got = [present(store.claim(60)) for _ in texts]
     assert [c.text for c in got] == texts
 
 
@@ -80,14 +81,14 @@ def test_claim_is_fifo_and_leases_expire(store: ReviewStore) -> None:
     first = store.claim(600)
     assert first is not None and first.review_id == ids[0] and first.caller_id == "0"
     assert first.lease_expires_at > datetime.now(UTC)
-    assert store.claim(600).review_id == ids[1]
+    assert present(store.claim(600)).review_id == ids[1]
     # Expire the first lease: the item comes back before the third one.
     with store.engine.begin() as conn:
         conn.execute(update(review_items).where(review_items.c.review_id == ids[0]).values(
             lease_expires_at=datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=1)))
-    again = store.claim(600)
+    again = present(store.claim(600))
     assert again.review_id == ids[0] and again.lease_token != first.lease_token
-    assert store.claim(600).review_id == ids[2]
+    assert present(store.claim(600)).review_id == ids[2]
     assert store.claim(600) is None
     c = store.counts()
     assert (c.open, c.claimed, c.decided) == (0, 3, 0)
@@ -95,7 +96,7 @@ def test_claim_is_fifo_and_leases_expire(store: ReviewStore) -> None:
 
 def test_decide_idempotent_conflict_unknown(store: ReviewStore) -> None:
     (rid,) = store.enqueue([item("d", "废物")]).review_ids
-    claimed = store.claim(600)
+    claimed = present(store.claim(600))
     rec = store.decide(rid, ["rumor", "insult_defamation"], "alice", "note", claimed.lease_token)
     assert rec.labels == ["rumor", "insult_defamation"]  # Article 9 order
     same = store.decide(rid, ["insult_defamation", "rumor"], "bob")
@@ -110,7 +111,7 @@ def test_decide_idempotent_conflict_unknown(store: ReviewStore) -> None:
 
 def test_decision_with_a_stale_lease_token_conflicts(store: ReviewStore) -> None:
     (rid,) = store.enqueue([item("s", "废物")]).review_ids
-    holder = store.claim(600)
+    holder = present(store.claim(600))
     with pytest.raises(ReviewConflict):
         store.decide(rid, [], "intruder", lease_token="f" * 32)
     assert store.decide(rid, [], "holder", lease_token=holder.lease_token).reviewer == "holder"
@@ -186,24 +187,24 @@ def test_unreachable_database_is_queue_unavailable(tmp_path: Path) -> None:
 
 def test_a_live_lease_refuses_any_other_decision_whatever_the_body_says(store: ReviewStore) -> None:
     (rid,) = store.enqueue([item("lease", "废物一个")]).review_ids
-    holder = store.claim(600, "alice")
+    holder = present(store.claim(600, "alice"))
     for token in (None, "f" * 32, ""):
         with pytest.raises(ReviewLeased) as err:
             store.decide(rid, ["insult_defamation"], "bob", lease_token=token)
         assert err.value.status == 409 and err.value.code == "leased"
-    assert store.get(rid)["state"] == "open"
+    assert present(store.get(rid))["state"] == "open"
     assert store.decide(rid, ["insult_defamation"], "alice", lease_token=holder.lease_token).reviewer == "alice"
 
 
 def test_every_claim_release_decision_and_undo_is_an_audit_row(store: ReviewStore) -> None:
     (rid,) = store.enqueue([item("audit", "废物二号")]).review_ids
-    first = store.claim(600, "alice")
+    first = present(store.claim(600, "alice"))
     store.release(rid, first.lease_token, "alice")
-    again = store.claim(600, "bob")
-    assert again.review_id == rid and store.get(rid)["lease_holder"] == "bob"
+    again = present(store.claim(600, "bob"))
+    assert again.review_id == rid and present(store.get(rid))["lease_holder"] == "bob"
     store.decide(rid, ["insult_defamation"], "bob", "note", again.lease_token)
     back = store.undo(rid, "bob", grace_seconds=60, lease_seconds=600)
-    assert back.review_id == rid and store.get(rid)["state"] == "open"
+    assert back.review_id == rid and present(store.get(rid))["state"] == "open"
     with pytest.raises(ReviewLeased):  # undo leases the item back to bob
         store.decide(rid, [], "alice")
     store.decide(rid, [], "bob", lease_token=back.lease_token)
@@ -217,7 +218,7 @@ def test_every_claim_release_decision_and_undo_is_an_audit_row(store: ReviewStor
 
 def test_release_and_undo_refusals(store: ReviewStore) -> None:
     (rid,) = store.enqueue([item("undo", "废物三号")]).review_ids
-    c = store.claim(600, "alice")
+    c = present(store.claim(600, "alice"))
     with pytest.raises(ReviewLeased):
         store.release(rid, "0" * 32, "mallory")
     with pytest.raises(UndoRefused):
@@ -235,7 +236,7 @@ def test_release_and_undo_refusals(store: ReviewStore) -> None:
 
 def test_second_opinion_goes_to_a_different_reviewer(store: ReviewStore) -> None:
     (rid,) = store.enqueue([item("second", "废物四号")]).review_ids
-    c = store.claim(600, "alice")
+    c = present(store.claim(600, "alice"))
     store.decide(rid, ["insult_defamation"], "alice", lease_token=c.lease_token, second_opinion_share=1.0)
     assert store.claim(600, "alice") is None  # alice may not give the second opinion herself
     copy = store.claim(600, "bob")
@@ -249,7 +250,7 @@ def test_second_opinion_goes_to_a_different_reviewer(store: ReviewStore) -> None
 
 def test_undo_withdraws_an_open_second_opinion(store: ReviewStore) -> None:
     (rid,) = store.enqueue([item("second-undo", "废物五号")]).review_ids
-    c = store.claim(600, "alice")
+    c = present(store.claim(600, "alice"))
     store.decide(rid, ["insult_defamation"], "alice", lease_token=c.lease_token, second_opinion_share=1.0)
     assert store.counts().total == 2
     store.undo(rid, "alice", 60, 600)
@@ -259,9 +260,9 @@ def test_undo_withdraws_an_open_second_opinion(store: ReviewStore) -> None:
 def test_claim_filters_by_category_band_and_order(store: ReviewStore) -> None:
     ids = store.enqueue([item("f1", "一", ["rumor"]), item("f2", "二", ["insult_defamation"]),
                          item("f3", "三", ["rumor"])]).review_ids
-    assert store.claim(600, "a", category="insult_defamation").review_id == ids[1]
+    assert present(store.claim(600, "a", category="insult_defamation")).review_id == ids[1]
     assert store.claim(600, "a", band="block") is None
-    assert store.claim(600, "a", newest_first=True).review_id == ids[2]
+    assert present(store.claim(600, "a", newest_first=True)).review_id == ids[2]
     assert store.claim(600, "a", skip=[ids[0]]) is None
     overview = store.overview("a")
     assert overview == [{"category": "rumor", "band": "review", "open": 1, "oldest_age_s": overview[0]["oldest_age_s"]}]
@@ -285,4 +286,4 @@ def test_an_old_database_gains_the_new_columns(store: ReviewStore) -> None:
     store.create_schema()  # what every start does
     store.create_schema()  # and again: idempotent
     store.enqueue([item("old", "旧库")])
-    assert store.claim(60, "a").kind == "review"
+    assert present(store.claim(60, "a")).kind == "review"

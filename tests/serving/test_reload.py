@@ -10,8 +10,9 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -32,6 +33,9 @@ from tests.serving.conftest import (
     write_keys,
     write_test_policy,
 )
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 BROKEN_POLICY = "version: broken\ncategories: [this is not a policy\n"
 
@@ -58,10 +62,10 @@ def bundle_copy(tiny_bundle: Path, dest: Path, version: str) -> Path:
     return dest
 
 
-def wait_for(check: object, timeout: float) -> float:
+def wait_for(check: Callable[[], object], timeout: float) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if check():  # type: ignore[operator]
+        if check():
             return time.monotonic() - started
         time.sleep(0.1)
     raise AssertionError(f"not within {timeout} s")
@@ -81,8 +85,8 @@ def runtime(files: dict[str, Path], tmp_path: Path) -> Iterator[Runtime]:
     yield from inprocess_runtime(files["bundle"], files, tmp_path, reload_interval_s=0)
 
 
-def classify(client: object, text: str = EVERYDAY) -> dict[str, object]:
-    r = client.post("/v1/classify", json={"items": [{"text": text}]})  # type: ignore[attr-defined]
+def classify(client: TestClient, text: str = EVERYDAY) -> dict[str, Any]:
+    r = client.post("/v1/classify", json={"items": [{"text": text}]})
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -173,14 +177,14 @@ def test_live_policy_edit_broken_policy_and_promoted_bundle(live: tuple[ServerPr
     server, files = live
     url = f"{server.url}/v1/classify"
 
-    def answer(text: str = EVERYDAY) -> dict[str, object]:
+    def answer(text: str = EVERYDAY) -> dict[str, Any]:
         r = httpx.post(url, json={"items": [{"text": text}]}, timeout=30)
         assert r.status_code == 200, r.text
         return r.json()
 
     def decided(decision: str, version: str) -> bool:
         a = answer()
-        return (a["items"][0]["decision"], a["policy_version"]) == (decision, version)  # type: ignore[index]
+        return (a["items"][0]["decision"], a["policy_version"]) == (decision, version)
 
     assert decided("pass", "live-1")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -90,7 +91,7 @@ def test_quality_gate_flags_each_drop_over_half_a_point() -> None:
     from shenhe.training.finetune.quality import quality_drops, quality_failures
 
     def judged(f1: float, ap: float) -> Judged:
-        return Judged(calibration={}, points=[], policy=None, dev_probs=np.zeros((1, 9)),  # type: ignore[arg-type]
+        return Judged(calibration={}, points=[], policy=None, dev_probs=np.zeros((1, 9)),  # type: ignore[arg-type]  # the gate reads metrics only
                       dev_metrics={"macro_f1": f1}, test_metrics={"macro_f1": f1},
                       ap={"dev": {"rumor": ap, "obscene_violent": 0.9}, "test": {"rumor": ap, "obscene_violent": 0.9}})
 
@@ -255,11 +256,11 @@ def test_thresholds_are_fit_on_dev_and_holdout_only_gates_blocking(tiny_run: Pat
     rows = [json.loads(line) for line in (data / "dev.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
     (data / "holdout.jsonl").write_text("".join(json.dumps({**r, "source": "heldsrc"}, ensure_ascii=False) + "\n"
                                                 for r in rows), encoding="utf-8")
-    opts = {"name": "t", "version": "1", "threads": 1, "data": data, "show_progress": False,
+    opts: dict[str, Any] = {"name": "t", "version": "1", "threads": 1, "data": data, "show_progress": False,
             "allow_parity_failure": True}
-    with_holdout = export_bundle(ExportOptions(run=tiny_run, out=tmp_path / "b1", **opts))  # type: ignore[arg-type]
+    with_holdout = export_bundle(ExportOptions(run=tiny_run, out=tmp_path / "b1", **opts))
     (data / "holdout.jsonl").unlink()
-    without = export_bundle(ExportOptions(run=tiny_run, out=tmp_path / "b2", **opts))  # type: ignore[arg-type]
+    without = export_bundle(ExportOptions(run=tiny_run, out=tmp_path / "b2", **opts))
     m1 = json.loads((with_holdout / "metrics.json").read_text(encoding="utf-8"))
     m2 = json.loads((without / "metrics.json").read_text(encoding="utf-8"))
     def calibration(bundle: Path) -> object:

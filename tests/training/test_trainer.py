@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ DATA = Path(__file__).parent / "data"
 def _args(encoder: Path, out: Path, **kw):
     from shenhe.training.finetune.args import TrainingArguments
 
-    base = dict(base=str(encoder), data=DATA, out=out, epochs=2, max_steps=8, batch_size=8, eval_batch_size=16,
+    base: dict[str, Any] = dict(base=str(encoder), data=DATA, out=out, epochs=2, max_steps=8, batch_size=8, eval_batch_size=16,
                 learning_rate=1e-3, head_learning_rate=1e-2, max_length=48, window_stride=8, eval_every_steps=3,
                 eval_samples=None, save_every_steps=2, threads=1, device="cpu", min_train_positives=2,
                 early_stopping_patience=100)
@@ -94,6 +95,7 @@ def test_untrained_categories_are_masked_from_the_loss() -> None:
     per = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels),
                                                                pos_weight=torch.from_numpy(w), reduction="none")
     ((per * mask).sum() / (mask.sum() * 4)).backward()
+    assert logits.grad is not None
     assert torch.count_nonzero(logits.grad[:, :7]) == 0 and torch.count_nonzero(logits.grad[:, 7]) == 4
 
 
@@ -189,6 +191,7 @@ def test_resume_on_the_command_line_can_change_budget_and_patience(tiny_run: Pat
 
 
 def test_snapshots_are_averaged_into_the_final_model(tiny_run: Path, tmp_path: Path) -> None:
+    import torch
     from safetensors.torch import load_file
 
     from shenhe.training.finetune.trainer import train
@@ -206,6 +209,7 @@ def test_snapshots_are_averaged_into_the_final_model(tiny_run: Path, tmp_path: P
     final = load_file(str(args.out / "model" / "head.safetensors"))["weight"]
     weights = [load_file(str(args.out / "snapshots" / n)) for n in snaps]
     mean = sum(w["head.weight"] for w in weights) / 3
+    assert isinstance(mean, torch.Tensor)
     best = load_file(str(args.out / "best.safetensors"))["head.weight"]
     expected = mean if av["used"] else best
     assert np.allclose(final.numpy(), expected.numpy(), atol=1e-6)

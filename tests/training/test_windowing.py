@@ -97,6 +97,7 @@ def test_real_encoder_tokenizer_windows_match_transformers() -> None:
     from transformers import AutoTokenizer
 
     d = _real_encoder_dir()
+    assert d is not None
     hf = AutoTokenizer.from_pretrained(str(d))
     texts = SHORT + ["【转发】紧急通知！！！明天全市停水，，，大家赶快囤水😱 http://t.cn/abc", "ｆｕｌｌ　ｗｉｄｔｈ　１２３"]
     w = WindowTokenizer.from_file(d / "tokenizer.json", max_length=128, stride=32, pad_token_id=hf.pad_token_id,
