@@ -29,6 +29,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -69,7 +70,7 @@ class LevelResult:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    def row(self) -> dict[str, object]:
+    def row(self) -> dict[str, Any]:
         ok = len(self.latencies_ms)
         return {
             "concurrency": self.concurrency, "seconds": round(self.seconds, 1), "requests_ok": ok,

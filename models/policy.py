@@ -7,6 +7,7 @@ Policy is data. The shipped file is ``models/policy.yaml``; an operator's own fi
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -200,7 +201,7 @@ class Policy(BaseModel):
     def trained_slugs(self) -> tuple[str, ...]:
         return tuple(c.slug for c in self.categories if c.trained)
 
-    def with_updates(self, updates: dict[str, dict[str, object]], version: str | None = None) -> Policy:
+    def with_updates(self, updates: Mapping[str, Mapping[str, object]], version: str | None = None) -> Policy:
         """A copy with some category fields replaced (used by training to write chosen thresholds)."""
         data = self.model_dump()
         data["categories"] = [{**c.model_dump(), **updates.get(c.slug, {})} for c in self.categories]

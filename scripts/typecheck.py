@@ -5,8 +5,9 @@
 The design's folders `models/`, `training/`, `serving/`, `eval/` are the packages `shenhe.models`, ...
 (`package-dir` in pyproject.toml). mypy follows neither `shenhe/__init__.py`'s `__path__` nor setuptools'
 editable finder (which points at one checkout, not at this worktree), so this hands mypy every file with its
-module name: the package-dir folders as `shenhe.*`, and `tests/`, `scripts/`, `bench/` by their paths
-(`tests.serving.conftest`, as the tests import it). Settings: `[tool.mypy]` in pyproject.toml.
+module name: the package-dir folders as `shenhe.*`, `tests/` by path (`tests.serving.conftest`, as the tests
+import it), and the scripts in `scripts/` and `bench/` by file name (they run as `python bench/speed.py`, which
+imports its neighbour as `serve_load`). Settings: `[tool.mypy]` in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from mypy.main import process_options, run_build
 from mypy.util import FancyFormatter, count_stats
 
 ROOT = Path(__file__).resolve().parent.parent
-OTHER_FOLDERS = ("tests", "scripts", "bench")  # checked too; importable by their paths from the root
+TESTS = "tests"
+SCRIPT_FOLDERS = ("scripts", "bench")
 
 
 def sources() -> list[BuildSource]:
     package_dir = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     folders = [(ROOT / folder, package) for package, folder in package_dir.items()]
-    folders += [(ROOT / name, name) for name in OTHER_FOLDERS]
+    folders += [(ROOT / TESTS, TESTS)] + [(ROOT / name, "") for name in SCRIPT_FOLDERS]
     out = []
     for folder, package in folders:
         for path in sorted(folder.rglob("*.py")):
@@ -37,7 +39,7 @@ def sources() -> list[BuildSource]:
                 continue
             if parts[-1] == "__init__":
                 parts = parts[:-1]
-            module = ".".join((package, *parts))
+            module = ".".join((package, *parts) if package else parts)
             out.append(BuildSource(str(path.relative_to(ROOT)), module, None, str(ROOT)))
     return out
 

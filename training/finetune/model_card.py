@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -20,7 +21,7 @@ def _worst_ap_drop(quality: dict[str, dict[str, float]]) -> float:
 
 
 def render_model_card(manifest: BundleManifest, policy: Policy, metrics: dict[str, Any],
-                      sources: list[DataSource]) -> str:
+                      sources: Sequence[DataSource]) -> str:
     import jinja2
 
     text = resources.files("shenhe.training.finetune").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
