@@ -82,7 +82,7 @@ def from_predictions(predictions: Sequence[Prediction], policy: Policy,
             top.append("")
             continue
         # the highest-scored category among those behind the decision
-        top.append(max(p.categories, key=lambda c, p=p: p.scores.get(c, 0.0)))  # type: ignore[misc]  # mypy cannot type a lambda's default (p=p binds the loop variable)
+        top.append(max(p.categories, key=lambda c, p=p: p.scores.get(c, 0.0)))  # type: ignore[misc]  # mypy cannot type a lambda's default
     first = predictions[0]
     return Scored(
         name=first.model.name, version=first.model.version, policy_name=policy.name,
