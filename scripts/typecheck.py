@@ -12,6 +12,7 @@ imports its neighbour as `serve_load`). Settings: `[tool.mypy]` in pyproject.tom
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import tomllib
@@ -61,7 +62,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import os
-
     os.chdir(ROOT)
     sys.exit(main(sys.argv[1:]))
