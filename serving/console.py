@@ -27,8 +27,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.models.stats import wilson
 from shenhe.serving.auth import ANONYMOUS, AuthFailure, Principal, digest, presented_key
-from shenhe.serving.live_precision import MIN_FLAG_SAMPLES, for_runtime, wilson
+from shenhe.serving.live_precision import MIN_FLAG_SAMPLES, for_runtime
 from shenhe.serving.queue import ClaimedItem, ReviewNotFound
 
 if TYPE_CHECKING:
