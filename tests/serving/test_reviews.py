@@ -12,7 +12,13 @@ import pytest
 from sqlalchemy import update
 
 from shenhe.serving.queue import ReviewStore, review_items
-from shenhe.serving.reviews import ReviewSourceError, parse_since, read_from_file, read_from_store, read_reviews
+from shenhe.serving.reviews import (
+    ReviewSourceError,
+    parse_since,
+    read_from_file,
+    read_from_store,
+    read_reviews,
+)
 from tests.serving.test_queue import item
 
 
