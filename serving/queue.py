@@ -841,7 +841,7 @@ class ReviewStore:
                         return
                     children = conn.execute(
                         select(t.c.parent_seq, t.c.review_id, t.c.state, t.c.labels, t.c.reviewer, t.c.decided_at)
-                        .where(t.c.kind == "second", t.c.parent_seq.in_([r["seq"] for r in rows]))
+                        .where(t.c.kind == "second", t.c.parent_seq > last, t.c.parent_seq <= rows[-1]["seq"])
                         .order_by(t.c.seq)
                     ).mappings().all()
                 by_parent: dict[int, list[Any]] = {}

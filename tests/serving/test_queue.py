@@ -378,3 +378,16 @@ def test_reviewer_names_with_like_wildcards_are_excluded_exactly(store: ReviewSt
     store.ask_opinion(rid, "x")
     assert store.claim(600, "x_y") is None and store.claim(600, "a%b") is None
     assert store.claim(600, "xzy") is not None  # "_" is not a wildcard here
+
+
+def test_decided_reviews_pages_keep_each_items_opinions(store: ReviewStore) -> None:
+    ids = store.enqueue([item(f"p{i}", f"分页{i}") for i in range(5)]).review_ids
+    for rid in ids:
+        store.decide(rid, ["rumor"], "alice", second_opinion_share=1.0)
+    for _ in ids[:3]:
+        c = store.claim(600, "bob")
+        store.decide(c.review_id, [], "bob", lease_token=c.lease_token)
+    whole = list(store.decided_reviews())
+    assert list(store.decided_reviews(page=1)) == list(store.decided_reviews(page=2)) == whole
+    assert [r.review_id for r in whole] == ids
+    assert [len(r.opinions) for r in whole] == [2, 2, 2, 1, 1] and [len(r.pending) for r in whole] == [0, 0, 0, 1, 1]

@@ -55,6 +55,15 @@ class Split:
         return Split(self.name, [self.ids[i] for i in idx], [self.texts[i] for i in idx],
                      self.labels[idx], [self.sources[i] for i in idx], norm, self.weights[idx])
 
+    def weights_by_source(self) -> dict[str, float]:
+        """The mean sample weight of each source's rows."""
+        assert self.weights is not None
+        total: dict[str, float] = {}
+        for src, w in zip(self.sources, self.weights.tolist(), strict=True):
+            total[src] = total.get(src, 0.0) + w
+        counts = Counter(self.sources)
+        return {src: round(total[src] / counts[src], 3) for src in sorted(total)}
+
     @property
     def weighted(self) -> bool:
         """Whether any row weighs other than 1."""

@@ -240,10 +240,7 @@ class Trainer:
             "parameters": n_total,
             "train_rows": unique_rows,
             "sample_weights": ({"weighted_rows": int(np.sum(unique.weights != 1.0)),
-                                "by_source": {src: round(float(np.mean(unique.weights[[i for i, s in enumerate(unique.sources)
-                                                                                          if s == src]])), 3)
-                                              for src in sorted(set(unique.sources))}}
-                               if unique.weighted else None),
+                                "by_source": unique.weights_by_source()} if unique.weighted else None),
             "train_rows_per_epoch": len(self.train_split),
             "oversampled": self.oversampled,
             "train_rows_available": len(full_train),
