@@ -1,9 +1,10 @@
-"""`shenhe train` and `shenhe export`. Light imports only: torch, transformers and sklearn load inside commands."""
+"""`shenhe train`, `shenhe export` and `shenhe card`. Light imports only: torch, transformers and sklearn load inside commands."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -239,6 +240,30 @@ def export_cmd(
     go()
 
 
+def card_cmd(
+    bundle: Annotated[Path, typer.Option("--bundle", help="Bundle directory whose MODEL_CARD.md to render again.")],
+    check: Annotated[bool, typer.Option(
+        "--check", help="Write nothing; exit 1 when the card on disk differs from a fresh rendering.")] = False,
+) -> None:
+    """Render a bundle's MODEL_CARD.md again from its own files (bundle.json, policy.yaml, metrics.json) with
+    the current template, and record the card's new hash in bundle.json."""
+
+    @cli_errors(BundleError, PolicyError, OSError)
+    def go() -> None:
+        from shenhe.training.finetune.model_card import write_bundle_card
+
+        differs = write_bundle_card(bundle, check=check)
+        card = bundle / "MODEL_CARD.md"
+        if check and differs:
+            raise UserError(f"{card} differs from a fresh rendering; update it with: shenhe card --bundle {bundle}",
+                            exit_code=1)
+        done = "rendered again; bundle.json updated" if differs else "up to date"
+        print(f"{card}: {done}", file=sys.stderr)
+
+    go()
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
     app.command("export")(export_cmd)
+    app.command("card")(card_cmd)
