@@ -18,14 +18,19 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
-from shenhe.models.policy import CATEGORY_SLUGS, Policy
+# The decision rule itself lives in shenhe.models.decision (the Predictor uses it too); re-exported here
+# because the evaluation modules speak in these names.
+from shenhe.models.decision import BLOCK as BLOCK
+from shenhe.models.decision import DECISION_NAMES as DECISION_NAMES
+from shenhe.models.decision import PASS as PASS
+from shenhe.models.decision import REVIEW as REVIEW
+from shenhe.models.decision import Thresholds as Thresholds
+from shenhe.models.decision import decide as decide
+from shenhe.models.policy import CATEGORY_SLUGS
 
-PASS, REVIEW, BLOCK = 0, 1, 2
-DECISION_NAMES = ("pass", "review", "block")
 DECISION_CODES = {name: code for code, name in enumerate(DECISION_NAMES)}
 
 SLICE_DECISION_KEYS = ("review", "block", "harmful_missed")  # decision numbers shown per slice
@@ -40,50 +45,6 @@ LENGTH_BUCKETS: tuple[tuple[int, int | None, str], ...] = (
     (201, None, ">200"),
 )
 _CHUNK = 64  # bootstrap rows processed at once (bounds memory to ~64 x n floats per array)
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """The per-category operating points of a policy, as arrays in Article 9 order."""
-
-    review: np.ndarray  # (9,) float
-    block: np.ndarray  # (9,) float
-    can_block: np.ndarray  # (9,) bool: policy allows blocking and the bundle was trained on it
-    trained: np.ndarray  # (9,) bool: the policy marks it trained and the bundle has a head for it
-    reviewable: np.ndarray  # (9,) bool: the bundle scores it (untrained categories score 0, never review)
-
-    @classmethod
-    def from_policy(cls, policy: Policy, bundle_trained: np.ndarray | None = None) -> Thresholds:
-        """Thresholds as the Predictor applies them; ``bundle_trained`` is the manifest's trained mask
-        (default: the policy's ``trained`` flags)."""
-        cats = [policy.category(s) for s in CATEGORY_SLUGS]
-        policy_trained = np.array([c.trained for c in cats], dtype=bool)
-        scored = policy_trained if bundle_trained is None else np.asarray(bundle_trained, dtype=bool)
-        return cls(
-            review=np.array([c.review_threshold for c in cats], dtype=float),
-            block=np.array([c.block_threshold for c in cats], dtype=float),
-            can_block=np.array([c.can_block for c in cats], dtype=bool) & scored,
-            trained=policy_trained & scored,
-            reviewable=scored.copy(),
-        )
-
-
-def decide(scores: np.ndarray, review: np.ndarray, block: np.ndarray, can_block: np.ndarray,
-           term_review: np.ndarray | None = None, reviewable: np.ndarray | None = None) -> np.ndarray:
-    """The Predictor's decision rule, vectorised (used for the what-if operating curve).
-
-    Block when a category that may block reaches its block threshold; else review when a category
-    the bundle scores reaches its review threshold or a ``term_action: review`` word matched; else
-    pass. The report checks that this reproduces the Predictor's own decisions at the policy
-    thresholds (``decisions.rule_agreement``)."""
-    blocked = ((scores >= block) & can_block).any(axis=1)
-    reach = scores >= review
-    if reviewable is not None:
-        reach &= reviewable
-    reviewed = reach.any(axis=1)
-    if term_review is not None:
-        reviewed |= term_review
-    return np.where(blocked, BLOCK, np.where(reviewed, REVIEW, PASS)).astype(np.int8)
 
 
 # --------------------------------------------------------------------------- weighted primitives

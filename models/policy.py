@@ -150,6 +150,14 @@ class Targets(BaseModel):
 
     block_precision: float = Field(0.95, gt=0.0, le=1.0)
     review_recall: float = Field(0.90, gt=0.0, le=1.0)
+    # At most this share of harmless texts (no label at all) may reach a category's review threshold; where
+    # the recall target needs more, the cap wins and the bundle's metrics say which recall was reached.
+    review_load_cap: float = Field(0.03, gt=0.0, le=1.0)
+    # No threshold is set below this: a lower one is fit to noise and sends most texts to review.
+    min_threshold: float = Field(0.05, ge=0.0, lt=1.0)
+    # A source with at least this many positives of a category (in the fit data, and in the held-apart
+    # data) must keep the block precision on its own: the worst such source decides.
+    min_source_positives: int = Field(30, ge=1)
 
 
 class Policy(BaseModel):

@@ -17,6 +17,7 @@ import numpy as np
 
 from shenhe.models.bundle import Bundle, BundleError, check_policy_fits, load_bundle
 from shenhe.models.cores import SPIN_ENV, default_threads
+from shenhe.models.decision import Thresholds
 from shenhe.models.normalize import Normalized, normalize
 from shenhe.models.policy import CATEGORY_SLUGS, Policy, load_policy
 from shenhe.models.terms import TermMatcher
@@ -87,11 +88,7 @@ class Predictor:
         self.policy = policy
         self._terms = TermMatcher(policy)
         # A category blocks only when the policy allows it AND the bundle was trained on it.
-        trained = self.manifest.trained_mask
-        self._can_block = np.array([c.can_block for c in policy.categories]) & trained
-        self._reviewable = trained.copy()
-        self._block_t = np.array([c.block_threshold for c in policy.categories])
-        self._review_t = np.array([c.review_threshold for c in policy.categories])
+        self._thresholds = Thresholds.from_policy(policy, self.manifest.trained_mask)
 
     def with_policy(self, policy: Policy) -> Predictor:
         """A copy sharing this one's model session and tokenizer, deciding by ``policy`` (this one unchanged,
@@ -138,7 +135,8 @@ class Predictor:
     def finish(self, prepared: Prepared, window_logits: np.ndarray) -> list[Prediction]:
         """Policy decisions from the window logits of :meth:`prepare`'s windows (in their order)."""
         scores, spans = self.finish_scores(prepared, window_logits)
-        return [self._decide(norm, scores[i], spans[i]) for i, norm in enumerate(prepared.norms)]
+        blocks, reviews = self._thresholds.flags(scores)
+        return [self._decide(norm, scores[i], spans[i], blocks[i], reviews[i]) for i, norm in enumerate(prepared.norms)]
 
     def window_logits(self, prepared: Prepared, batch_size: int = 32) -> np.ndarray:
         return score_windows(prepared.windows, self.run_model, self.manifest.pad_token_id, batch_size,
@@ -159,21 +157,25 @@ class Predictor:
     def decide(self, text: str, scores: np.ndarray, spans: Sequence[tuple[int, int]] | None = None) -> Prediction:
         """The policy decision for ``text`` given its calibrated ``scores`` (and best-window spans)."""
         norm = normalize(text)
-        return self._decide(norm, np.asarray(scores, dtype=np.float64),
-                            list(spans) if spans is not None else [(0, len(text))] * len(CATEGORY_SLUGS))
+        row = np.asarray(scores, dtype=np.float64)
+        blocks, reviews = self._thresholds.flags(row[None, :])
+        return self._decide(norm, row, list(spans) if spans is not None else [(0, len(text))] * len(CATEGORY_SLUGS),
+                            blocks[0], reviews[0])
 
-    def _decide(self, norm: Normalized, scores: np.ndarray, spans: Sequence[tuple[int, int]]) -> Prediction:
+    def _decide(self, norm: Normalized, scores: np.ndarray, spans: Sequence[tuple[int, int]],
+                blocks: np.ndarray, reviews: np.ndarray) -> Prediction:
+        """One text's Prediction from its model flags (:mod:`shenhe.models.decision`) and word-list matches."""
+        block_t, review_t = self._thresholds.block, self._thresholds.review
         reasons: list[Reason] = []
         blocked: list[str] = []
         reviewed: list[str] = []
         for c, slug in enumerate(CATEGORY_SLUGS):
-            s = float(scores[c])
-            if self._can_block[c] and s >= self._block_t[c]:
+            if blocks[c]:
                 blocked.append(slug)
-                reasons.append(Reason(slug, "block", s, float(self._block_t[c]), tuple(spans[c])))
-            elif self._reviewable[c] and s >= self._review_t[c]:
+                reasons.append(Reason(slug, "block", float(scores[c]), float(block_t[c]), tuple(spans[c])))
+            elif reviews[c]:
                 reviewed.append(slug)
-                reasons.append(Reason(slug, "review", s, float(self._review_t[c]), tuple(spans[c])))
+                reasons.append(Reason(slug, "review", float(scores[c]), float(review_t[c]), tuple(spans[c])))
         matches = self._terms.find(norm)
         # Allow-list phrases remove their category's model flag (kept as an `allow` reason).
         for m in matches:
@@ -190,7 +192,7 @@ class Predictor:
             if m.action not in ("review", "block") or m.category in blocked:
                 continue
             c = CATEGORY_SLUGS.index(m.category)
-            threshold = float(self._block_t[c] if m.action == "block" else self._review_t[c])
+            threshold = float(block_t[c] if m.action == "block" else review_t[c])
             if m.action == "block":
                 if m.category in reviewed:
                     reviewed.remove(m.category)

@@ -86,7 +86,8 @@ def test_metrics_record_parity_and_both_splits(tiny_bundle: Path) -> None:
 
 
 def test_quality_gate_flags_each_drop_over_half_a_point() -> None:
-    from shenhe.training.finetune.quality import Judged, quality_drops, quality_failures
+    from shenhe.training.finetune.fit import Judged
+    from shenhe.training.finetune.quality import quality_drops, quality_failures
 
     def judged(f1: float, ap: float) -> Judged:
         return Judged(calibration={}, points=[], policy=None, dev_probs=np.zeros((1, 9)),  # type: ignore[arg-type]
@@ -239,9 +240,10 @@ def test_quantiser_scratch_files_stay_out_of_the_callers_directory(tmp_path: Pat
     assert not scratch.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_thresholds_are_fit_on_dev_only_never_on_holdout(tiny_run: Path, tmp_path: Path) -> None:
-    """A holdout.jsonl next to dev.jsonl is never read: an export with one that cannot even be parsed
-    gives the same thresholds and calibration as without it, and the bundle says what it fit on."""
+def test_thresholds_are_fit_on_dev_and_holdout_only_gates_blocking(tiny_run: Path, tmp_path: Path) -> None:
+    """Calibration and thresholds come from dev alone: with a holdout.jsonl beside dev.jsonl they are the same
+    as without it; the held-apart rows can only turn a category's auto-block off (per-source precision),
+    and the bundle says what it fit on and what the gate measured."""
     import shutil
 
     from shenhe.training.finetune.export import ExportOptions, export_bundle
@@ -249,15 +251,27 @@ def test_thresholds_are_fit_on_dev_only_never_on_holdout(tiny_run: Path, tmp_pat
     src = Path(json.loads((tiny_run / "run.json").read_text(encoding="utf-8"))["args"]["data"])
     data = tmp_path / "data"
     shutil.copytree(src, data)
-    (data / "holdout.jsonl").write_text("this is not JSON\n", encoding="utf-8")
-    with_holdout = export_bundle(ExportOptions(run=tiny_run, out=tmp_path / "b1", name="t", version="1", threads=1,
-                                               data=data, show_progress=False, allow_parity_failure=True))
+    # held-apart rows: the dev rows again, all from one source, so every category with enough positives is checked
+    rows = [json.loads(line) for line in (data / "dev.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    (data / "holdout.jsonl").write_text("".join(json.dumps({**r, "source": "heldsrc"}, ensure_ascii=False) + "\n"
+                                                for r in rows), encoding="utf-8")
+    opts = {"name": "t", "version": "1", "threads": 1, "data": data, "show_progress": False,
+            "allow_parity_failure": True}
+    with_holdout = export_bundle(ExportOptions(run=tiny_run, out=tmp_path / "b1", **opts))  # type: ignore[arg-type]
     (data / "holdout.jsonl").unlink()
-    without = export_bundle(ExportOptions(run=tiny_run, out=tmp_path / "b2", name="t", version="1", threads=1,
-                                          data=data, show_progress=False, allow_parity_failure=True))
+    without = export_bundle(ExportOptions(run=tiny_run, out=tmp_path / "b2", **opts))  # type: ignore[arg-type]
     m1 = json.loads((with_holdout / "metrics.json").read_text(encoding="utf-8"))
     m2 = json.loads((without / "metrics.json").read_text(encoding="utf-8"))
-    assert m1["operating_points"] == m2["operating_points"]
+    def calibration(bundle: Path) -> object:
+        return json.loads((bundle / "bundle.json").read_text(encoding="utf-8"))["calibration"]
+
+    assert calibration(with_holdout) == calibration(without)
+    gate = m1["block_gate"]["categories"]
+    for p1, p2 in zip(m1["operating_points"], m2["operating_points"], strict=True):
+        assert (p1["block_threshold"], p1["review_threshold"]) == (p2["block_threshold"], p2["review_threshold"])
+        if p1["auto_block"] != p2["auto_block"]:  # only ever switched off, and only by a failing source
+            assert p2["auto_block"] and not p1["auto_block"] and gate[p1["slug"]]["auto_block"] is False
+    assert m1["block_gate"]["texts"] == len(rows) and "block_gate" not in m2
     assert m1["fit"]["split"] == "dev" and m1["fit"]["held_apart_file"].endswith("holdout.jsonl")
     assert m2["fit"]["held_apart_file"] is None
     dev_rows = sum(1 for line in (data / "dev.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())

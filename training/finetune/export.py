@@ -3,17 +3,17 @@
 :func:`export_bundle` runs these steps (:func:`_export` reads as the list):
 
 1. ``_prepare``: the run, its data (``dev.jsonl`` is the *fit* part of dev: ``shenhe data build`` moves the
-   held-apart half of each large source's dev rows to ``holdout.jsonl``, which export never reads, so
-   `shenhe eval --data holdout.jsonl` measures thresholds on rows they were not fit on), the base policy
-   and the torch model.
+   held-apart half of each large source's dev rows to ``holdout.jsonl``), the base policy and the torch model.
 2. ``_fp32_reference``: fp32 ONNX, its parity windows against torch, its scores judged (``_judge``:
-   calibration, thresholds and metrics fit on a model's own dev scores).
+   calibration, thresholds and metrics fit on a model's own dev scores, training/finetune/fit.py).
 3. ``_choose_quantization``: each INT8 scheme, fastest first (``_try_scheme``), scored and judged the same
-   way and compared with fp32; the first that holds ships.
-4. ``_keep_model``, ``_bundle_metrics``, ``_write_bundle``: the chosen model, metrics.json (speed, the
-   run's hyperparameters, framework versions), policy, model card and hashes; the bundle is loaded
-   back as the predictor will load it.
-5. ``_publish``: the bundle, assembled in a temporary sibling directory (``_staging``), moves into place.
+   way and compared with fp32; the first that holds ships (``_keep_model``).
+4. ``_gate_blocks``: thresholds and calibration are never fit on ``holdout.jsonl``; export reads it for one
+   yes/no per category: auto-block stays on only where the block precision holds in every held-apart source
+   (thresholds.gate_blocks).
+5. ``_bundle_metrics``, ``_write_bundle``: metrics.json (parity, speed, the run's hyperparameters, framework
+   versions), policy, model card and hashes; the bundle is loaded back as the predictor will load it.
+6. ``_publish``: the bundle, assembled in a temporary sibling directory (``_staging``), moves into place.
 """
 from __future__ import annotations
 
@@ -46,11 +46,13 @@ from shenhe.models.cores import default_threads
 from shenhe.models.policy import CATEGORY_SLUGS, Policy, load_policy
 from shenhe.models.windowing import WindowTokenizer
 from shenhe.training.data import BUILD_DIR
+from shenhe.training.data.holdout import HOLDOUT_SPLIT
 from shenhe.training.finetune.args import ExportOptions
 from shenhe.training.finetune.calibrate import apply_calibration
-from shenhe.training.finetune.dataset import Split, read_splits
+from shenhe.training.finetune.dataset import Split, read_split, read_splits
 from shenhe.training.finetune.errors import ExportError
-from shenhe.training.finetune.quality import Judged, judge, quality_drops, quality_failures, worst_drop
+from shenhe.training.finetune.fit import Judged, gate_on_heldout, judge
+from shenhe.training.finetune.quality import quality_drops, quality_failures, worst_drop
 from shenhe.training.finetune.sources import describe_sources
 from shenhe.training.finetune.thresholds import decisions, points_as_dicts
 
@@ -147,8 +149,9 @@ def _export(opts: ExportOptions, run_dir: Path) -> Path:
         ref = _fp32_reference(job, model, stage)
         chosen, attempts = _choose_quantization(job, ref, stage)
         _keep_model(stage, ref, chosen, attempts)
-        metrics = _bundle_metrics(job, ref, chosen, attempts)
-        _write_bundle(job, stage, chosen.judged.policy, chosen.judged.calibration, metrics)
+        judged = _gate_blocks(job, chosen)
+        metrics = _bundle_metrics(job, ref, chosen, judged, attempts)
+        _write_bundle(job, stage, judged.policy, judged.calibration, metrics)
         _publish(stage, opts.out)
     return opts.out
 
@@ -374,12 +377,26 @@ def _keep_model(stage: Path, ref: _Reference, chosen: _Candidate, attempts: list
     ref.path.unlink()
 
 
-def _bundle_metrics(job: _Job, ref: _Reference, chosen: _Candidate, attempts: list[dict[str, Any]]) -> dict[str, Any]:
-    """metrics.json: quality on dev and test, the operating points, what the fit saw, the export checks,
-    speed, the training run (hyperparameters included), the framework versions and the baseline."""
+def _gate_blocks(job: _Job, chosen: _Candidate) -> Judged:
+    """The chosen model's judgement with auto-block kept only where every held-apart source keeps the block
+    precision (as it is when the data has no held-apart file)."""
+    from shenhe.training.finetune.backend import onnx_window_logits
+
+    held = job.data_dir / f"{HOLDOUT_SPLIT}.jsonl"
+    if not held.is_file():
+        return chosen.judged
+    heldout = read_split(held, HOLDOUT_SPLIT)
+    held_logits, _ = onnx_window_logits(chosen.session, job.windower, heldout.normalized, job.opts.batch_size,
+                                        job.opts.show_progress, "holdout")
+    return gate_on_heldout(chosen.judged, held_logits, heldout, job.dev, job.test, job.base_policy, job.policy_version_tag)
+
+
+def _bundle_metrics(job: _Job, ref: _Reference, chosen: _Candidate, judged: Judged,
+                    attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """metrics.json: quality on dev and test, the operating points, what the fit saw, the held-apart gate, the
+    export checks, speed, the training run (hyperparameters included), the framework versions, the baseline."""
     from shenhe.training.finetune.backend import QUANT_SCHEMES
 
-    judged = chosen.judged
     parity = {k: v for k, v in chosen.attempt.items() if k != "failures"}
     parity["attempts"] = attempts
     parity["fp32_reference"] = ref.judged.summary()
@@ -395,11 +412,13 @@ def _bundle_metrics(job: _Job, ref: _Reference, chosen: _Candidate, attempts: li
     if job.test is not None:
         metrics["test"] = judged.test_metrics
     metrics["operating_points"] = points_as_dicts(judged.points)
-    held = job.data_dir / "holdout.jsonl"
-    metrics["fit"] = {  # what the calibration and thresholds saw; holdout.jsonl is never read here
+    held = job.data_dir / f"{HOLDOUT_SPLIT}.jsonl"
+    metrics["fit"] = {  # what calibration and thresholds were fit on; holdout.jsonl only gates auto-block
         "split": "dev", "texts": len(job.dev), "sources": job.dev.source_counts(),
         "held_apart_file": str(held) if held.is_file() else None,
     }
+    if judged.block_gate is not None:
+        metrics["block_gate"] = judged.block_gate
     metrics["parity"] = parity
     metrics["speed"] = _throughput(chosen.session, job.windower, job.dev.texts)
     metrics["training"] = _training_summary(job.info)

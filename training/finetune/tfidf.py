@@ -16,13 +16,10 @@ from typing import Any
 import numpy as np
 
 from shenhe.models.policy import CATEGORY_SLUGS, load_policy
-from shenhe.training.finetune.calibrate import apply_calibration, fit_calibration
 from shenhe.training.finetune.dataset import read_splits, subsample
+from shenhe.training.finetune.fit import judge
 from shenhe.training.finetune.thresholds import (
-    apply_operating_points,
-    choose_operating_points,
     points_as_dicts,
-    split_metrics,
 )
 
 MODEL_FILE = "model.joblib"
@@ -82,21 +79,18 @@ def train_tfidf(args: TfidfArguments, log: Any = print) -> dict[str, Any]:
     model = {"vectorizer": vec, "classifier": clf, "trained": trained_slugs}
     joblib.dump(model, args.out / MODEL_FILE, compress=3)
 
-    policy = load_policy()
-    dev = splits["dev"]
-    dev_logits = decision_logits(model, dev.normalized)
-    calibration = fit_calibration(dev_logits, dev.labels, trained, args.calibration)
-    dev_probs = apply_calibration(dev_logits, calibration)
-    points = choose_operating_points(dev_probs, dev.labels, trained, policy)
-    metrics: dict[str, Any] = {"model": "tfidf", "dev": split_metrics(dev_probs, dev.labels, points)}
-    if "test" in splits:
-        test = splits["test"]
-        metrics["test"] = split_metrics(apply_calibration(decision_logits(model, test.normalized), calibration),
-                                        test.labels, points)
+    dev, test = splits["dev"], splits.get("test")
+    judged = judge(decision_logits(model, dev.normalized),
+                   decision_logits(model, test.normalized) if test is not None else None,
+                   dev, test, trained, args.calibration, load_policy())
+    calibration, points = judged.calibration, judged.points
+    metrics: dict[str, Any] = {"model": "tfidf", "dev": judged.dev_metrics}
+    if judged.test_metrics is not None:
+        metrics["test"] = judged.test_metrics
     metrics["operating_points"] = points_as_dicts(points)
     (args.out / "calibration.json").write_text(
         json.dumps({k: v.model_dump() for k, v in calibration.items()}, indent=2) + "\n", encoding="utf-8")
-    (args.out / "policy.yaml").write_text(apply_operating_points(policy, points).to_yaml(), encoding="utf-8")
+    (args.out / "policy.yaml").write_text(judged.policy.to_yaml(), encoding="utf-8")
     (args.out / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     info = {
         "arch": "tfidf", "status": "done",

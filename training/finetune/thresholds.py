@@ -1,22 +1,29 @@
 """Operating thresholds from dev, and the metrics reported for a model (numpy only).
 
-Per trained category, on calibrated dev scores:
-- ``block_threshold``: the lowest score at which dev precision is still >= the policy's block target
-  (with at least ``min_block_support`` dev texts above it). None such: the category never auto-blocks.
-- ``review_threshold``: the highest score at which dev recall reaches the review target.
-Reported metrics use the same rules on any split: P/R/F1 at the block and review thresholds, and
-F1 at a per-category threshold tuned for F1 on dev (``f1``: the number compared across models).
+Per trained category, on calibrated dev scores (the fit part of dev; ``holdout.jsonl`` is held apart):
+- ``block_threshold``: the lowest score at which precision is still >= the policy's block target overall
+  (with at least ``min_block_support`` texts above it) AND in every source with at least
+  ``targets.min_source_positives`` positives of the category: the worst source decides. None such: the
+  category never auto-blocks (review only). :func:`gate_blocks` then checks the same on held-apart rows.
+- ``review_threshold``: the highest score at which recall reaches the review target, raised where needed so
+  that at most ``targets.review_load_cap`` of harmless texts (no label at all) reach it: the cap wins, and
+  the point records the recall it leaves.
+No threshold is below ``targets.min_threshold``.
+Reported metrics use the same rules on any split: P/R/F1 at the block and review thresholds, and F1 at a
+per-category threshold tuned for F1 on dev (``f1``: the number compared across models).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from shenhe.models.policy import CATEGORY_SLUGS, Policy
+from shenhe.models.decision import Thresholds
+from shenhe.models.policy import CATEGORY_SLUGS, Policy, Targets
 
 MIN_BLOCK_SUPPORT = 5
 UNREACHABLE_BLOCK = 1.0
@@ -32,6 +39,11 @@ class OperatingPoint:
     auto_block: bool
     f1_threshold: float
     note: str = ""
+    review_recall: float | None = None  # recall on the fit data at the review threshold
+    harmless_review_rate: float | None = None  # share of harmless fit texts at or above the review threshold
+    review_capped: bool = False  # the review-load cap, not the recall target, set the review threshold
+    # Per source with enough positives: block precision at the block threshold on the fit data.
+    block_precision_by_source: dict[str, float] = field(default_factory=dict)
 
     def policy_update(self) -> dict[str, object]:
         if not self.trained:
@@ -46,6 +58,12 @@ def _floor(x: float, digits: int = 6) -> float:
     return math.floor(x * q) / q
 
 
+def _above(x: float, digits: int = 6) -> float:
+    """The smallest 6-digit value strictly above ``x``: a threshold that excludes the score it came from."""
+    q = 10 ** digits
+    return (math.floor(x * q) + 1) / q
+
+
 def _curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct thresholds (descending) with true and false positives of ``score >= t``."""
     order = np.argsort(-scores, kind="stable")
@@ -55,8 +73,30 @@ def _curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return s[last], tp[last], fp[last]
 
 
-def choose_operating_point(slug: str, scores: np.ndarray, labels: np.ndarray, block_precision: float,
-                           review_recall: float, min_block_support: int = MIN_BLOCK_SUPPORT) -> OperatingPoint:
+def _count_at_or_above(sorted_scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    return len(sorted_scores) - np.searchsorted(sorted_scores, thresholds, side="left")
+
+
+def source_precision(scores: np.ndarray, labels: np.ndarray, sources: np.ndarray, thresholds: np.ndarray,
+                     min_positives: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per source with >= ``min_positives`` positives: (precision, flagged count) of ``score >= t`` for each t
+    (precision is 1.0 where nothing is flagged: a source with no blocks loses nothing)."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    y = labels > 0
+    for src in sorted(set(sources.tolist())):
+        m = sources == src
+        if int(y[m].sum()) < min_positives:
+            continue
+        tp = _count_at_or_above(np.sort(scores[m & y]), thresholds)
+        fp = _count_at_or_above(np.sort(scores[m & ~y]), thresholds)
+        flagged = tp + fp
+        out[src] = (np.where(flagged > 0, tp / np.maximum(flagged, 1), 1.0), flagged)
+    return out
+
+
+def choose_operating_point(slug: str, scores: np.ndarray, labels: np.ndarray, targets: Targets,
+                           harmless: np.ndarray | None = None, sources: Sequence[str] | None = None,
+                           min_block_support: int = MIN_BLOCK_SUPPORT) -> OperatingPoint:
     positives = int((labels > 0).sum())
     if positives == 0:
         return OperatingPoint(slug, True, 0, UNREACHABLE_BLOCK, 0.5, False, 0.5,
@@ -64,36 +104,87 @@ def choose_operating_point(slug: str, scores: np.ndarray, labels: np.ndarray, bl
     thr, tp, fp = _curve(scores, labels)
     precision = tp / (tp + fp)
     recall = tp / positives
-    ok = (precision >= block_precision) & ((tp + fp) >= min_block_support)
-    note = ""
+    floor = targets.min_threshold
+    ok = (precision >= targets.block_precision) & ((tp + fp) >= min_block_support) & (thr >= floor)
+    by_source = ({} if sources is None else
+                 source_precision(scores, labels, np.asarray(sources), thr, targets.min_source_positives))
+    for src_precision, _ in by_source.values():
+        ok &= src_precision >= targets.block_precision
+    notes: list[str] = []
     if ok.any():
-        block = _floor(float(thr[np.flatnonzero(ok)[-1]]))  # lowest qualifying threshold = most recall
-        auto_block = True
+        at = int(np.flatnonzero(ok)[-1])  # lowest qualifying threshold = most recall
+        block, auto_block = _floor(float(thr[at])), True
+        source_p = {src: round(float(p[at]), 4) for src, (p, _) in by_source.items()}
     else:
-        block, auto_block = UNREACHABLE_BLOCK, False
-        note = f"dev precision never reaches {block_precision:.2f}: review only, never auto-blocks"
-    reach = np.flatnonzero(recall >= review_recall)
-    review = _floor(float(thr[reach[0]]))  # highest threshold reaching the recall target
+        block, auto_block, source_p = UNREACHABLE_BLOCK, False, {}
+        worst = (" in every source with enough positives" if by_source else "")
+        notes.append(f"dev precision never reaches {targets.block_precision:.2f}{worst}: review only, never auto-blocks")
+
+    reach = np.flatnonzero(recall >= targets.review_recall)
+    review = max(_floor(float(thr[reach[0]])), floor)  # highest threshold reaching the recall target
+    capped = False
+    rate: float | None = None
+    if harmless is not None and harmless.any():
+        hs = np.sort(scores[harmless])[::-1]
+        allowed = int(math.floor(targets.review_load_cap * len(hs)))
+        if allowed < len(hs) and hs[allowed] >= review:  # too many harmless texts would reach the threshold
+            review, capped = _above(float(hs[allowed])), True
+        rate = round(float(np.mean(hs >= review)), 4)
     if review >= block:  # the block threshold already gives the recall: the review band is empty
         review = _floor(max(0.0, block - 1e-6))
-        note = note or "block threshold already meets the review recall target"
+        if not notes:
+            notes.append("block threshold already meets the review recall target")
+    reached = round(float(((scores >= review) & (labels > 0)).sum() / positives), 4)
+    if capped:
+        notes.append(f"review-load cap {targets.review_load_cap:.0%} of harmless texts wins: review recall "
+                     f"{reached:.3f} (target {targets.review_recall:.2f})")
     f1 = 2 * tp / (tp + fp + positives)
     f1_threshold = _floor(float(thr[int(np.argmax(f1))]))
-    return OperatingPoint(slug, True, positives, block, review, auto_block, f1_threshold, note)
+    return OperatingPoint(slug, True, positives, block, review, auto_block, f1_threshold, "; ".join(notes),
+                          reached, rate, capped, source_p)
 
 
 def choose_operating_points(probs: np.ndarray, labels: np.ndarray, trained: np.ndarray, policy: Policy,
+                            sources: Sequence[str] | None = None,
                             min_block_support: int = MIN_BLOCK_SUPPORT) -> list[OperatingPoint]:
-    t = policy.targets
+    harmless = ~(labels > 0).any(axis=1)
     out: list[OperatingPoint] = []
     for c, slug in enumerate(CATEGORY_SLUGS):
         if not trained[c]:
             out.append(OperatingPoint(slug, False, int(labels[:, c].sum()), UNREACHABLE_BLOCK, 0.5, False, 0.5,
                                       "untrained: too few training rows; masked, never blocks"))
         else:
-            out.append(choose_operating_point(slug, probs[:, c], labels[:, c], t.block_precision,
-                                              t.review_recall, min_block_support))
+            out.append(choose_operating_point(slug, probs[:, c], labels[:, c], policy.targets, harmless, sources,
+                                              min_block_support))
     return out
+
+
+def gate_blocks(points: list[OperatingPoint], probs: np.ndarray, labels: np.ndarray, sources: Sequence[str],
+                targets: Targets) -> tuple[list[OperatingPoint], dict[str, Any]]:
+    """A category keeps auto-block only if, on held-apart rows, its block threshold keeps the block precision
+    in every source with >= ``targets.min_source_positives`` positives there. Returns the points (review-only
+    where it fails) and what was measured, per category and source."""
+    src = np.asarray(sources)
+    report: dict[str, Any] = {}
+    out: list[OperatingPoint] = []
+    for c, p in enumerate(points):
+        if not (p.trained and p.auto_block):
+            out.append(p)
+            continue
+        measured = source_precision(probs[:, c], labels[:, c], src, np.array([p.block_threshold]),
+                                    targets.min_source_positives)
+        rows = {s: {"precision": round(float(prec[0]), 4), "blocked": int(n[0]),
+                    "positives": int(((src == s) & (labels[:, c] > 0)).sum())} for s, (prec, n) in measured.items()}
+        failed = sorted(s for s, r in rows.items() if r["blocked"] and r["precision"] < targets.block_precision)
+        report[p.slug] = {"sources": rows, "auto_block": not failed}
+        if failed:
+            worst = min(failed, key=lambda s: rows[s]["precision"])
+            note = (f"held-apart block precision {rows[worst]['precision']:.3f} < {targets.block_precision:.2f} "
+                    f"on {worst}: review only, never auto-blocks")
+            out.append(replace(p, auto_block=False, note="; ".join(filter(None, [p.note, note]))))
+        else:
+            out.append(p)
+    return out, report
 
 
 def apply_operating_points(policy: Policy, points: list[OperatingPoint], version: str | None = None) -> Policy:
@@ -169,9 +260,4 @@ def points_as_dicts(points: list[OperatingPoint]) -> list[dict[str, Any]]:
 
 def decisions(probs: np.ndarray, policy: Policy, trained: np.ndarray) -> np.ndarray:
     """The model-only decision per text (0 pass, 1 review, 2 block), as the predictor takes it."""
-    block_t = np.array([c.block_threshold for c in policy.categories])
-    review_t = np.array([c.review_threshold for c in policy.categories])
-    can_block = np.array([c.can_block for c in policy.categories]) & trained
-    block = ((probs >= block_t) & can_block).any(axis=1)
-    review = ((probs >= review_t) & trained).any(axis=1)
-    return np.where(block, 2, np.where(review, 1, 0))
+    return Thresholds.from_policy(policy, trained).decide(probs)

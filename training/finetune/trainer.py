@@ -31,7 +31,6 @@ from shenhe.models.cores import default_threads
 from shenhe.models.policy import CATEGORY_SLUGS, load_policy
 from shenhe.models.windowing import Window, WindowTokenizer, max_over_windows, pad_batch, score_windows
 from shenhe.training.finetune.args import TrainingArguments
-from shenhe.training.finetune.calibrate import apply_calibration, fit_calibration
 from shenhe.training.finetune.dataset import (
     Split,
     eval_subsample,
@@ -42,13 +41,11 @@ from shenhe.training.finetune.dataset import (
     subsample,
 )
 from shenhe.training.finetune.errors import TrainError
+from shenhe.training.finetune.fit import judge
 from shenhe.training.finetune.model import MultiLabelClassifier, freeze, load_base, save_model
 from shenhe.training.finetune.thresholds import (
-    apply_operating_points,
     best_f1_macro,
-    choose_operating_points,
     points_as_dicts,
-    split_metrics,
 )
 from shenhe.training.finetune.warm_start import init_from
 
@@ -515,16 +512,12 @@ class Trainer:
                              progress=self.show_progress, desc=f"{split.name}")
             np.save(logits_dir / f"{split.name}.npy", lg)
             results[split.name] = lg
-        policy = load_policy()
-        calibration = fit_calibration(results["dev"], self.dev_split.labels, self.trained, a.calibration)
-        dev_probs = apply_calibration(results["dev"], calibration)
-        points = choose_operating_points(dev_probs, self.dev_split.labels, self.trained, policy)
-        tuned = apply_operating_points(policy, points)
-        metrics: dict[str, Any] = {"model": "bert", "base_encoder": a.base,
-                                   "dev": split_metrics(dev_probs, self.dev_split.labels, points)}
-        if self.test_split is not None:
-            test_probs = apply_calibration(results["test"], calibration)
-            metrics["test"] = split_metrics(test_probs, self.test_split.labels, points)
+        judged = judge(results["dev"], results.get("test"), self.dev_split, self.test_split, self.trained,
+                       a.calibration, load_policy())
+        calibration, points, tuned = judged.calibration, judged.points, judged.policy
+        metrics: dict[str, Any] = {"model": "bert", "base_encoder": a.base, "dev": judged.dev_metrics}
+        if judged.test_metrics is not None:
+            metrics["test"] = judged.test_metrics
         metrics["operating_points"] = points_as_dicts(points)
         _write_json(self.out / "calibration.json", {k: v.model_dump() for k, v in calibration.items()})
         (self.out / "policy.yaml").write_text(tuned.to_yaml(), encoding="utf-8")
