@@ -7,7 +7,7 @@ Reading rules, shared by every JSONL input (training splits, evaluation files, `
   and the line (``data/dev.jsonl:12: unknown label 'fake_news'; expected one of ...``).
 
 A *labelled* line is an object ``{"text": str, "labels": [slug, ...]}`` with an optional ``id`` (string or
-integer) and ``source`` (string). ``labels`` is required: ``[]`` means "not harmful" (a missing field is an
+integer), ``source`` (string) and ``weight`` (a positive sample weight for training, default 1). ``labels`` is required: ``[]`` means "not harmful" (a missing field is an
 error rather than a silent negative, so a typo such as ``"label"`` cannot pass as a clean row).
 
 Writing: :func:`atomic_jsonl` writes into a temporary file beside the target and renames it over the target
@@ -106,12 +106,13 @@ class LabelledFile:
     labels: np.ndarray  # (n, 9) bool, Article 9 order
     ids: list[str | None]  # as given (an integer id as its string), None where the line has none
     sources: list[str | None]
+    weights: np.ndarray  # (n,) float32 sample weights, 1 where the line has none
 
     def __len__(self) -> int:
         return len(self.texts)
 
 
-def _labelled_row(value: Any, where: str) -> tuple[str, list[int], str | None, str | None]:
+def _labelled_row(value: Any, where: str) -> tuple[str, list[int], str | None, str | None, float]:
     if not isinstance(value, dict):
         raise JsonlError(f"{where}: expected a JSON object, got {type(value).__name__}")
     if "text" not in value:
@@ -135,7 +136,10 @@ def _labelled_row(value: Any, where: str) -> tuple[str, list[int], str | None, s
     ident = value.get("id")
     if ident is not None and (isinstance(ident, bool) or not isinstance(ident, str | int)):
         raise JsonlError(f'{where}: "id" must be a string or an integer')
-    return text, columns, source, None if ident is None else str(ident)
+    weight = value.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < 1e6:
+        raise JsonlError(f"{where}: 'weight' must be a positive number (got {weight!r})")
+    return text, columns, source, None if ident is None else str(ident), float(weight)
 
 
 def read_labelled(path: str | Path) -> LabelledFile:
@@ -147,17 +151,20 @@ def read_labelled(path: str | Path) -> LabelledFile:
     columns: list[list[int]] = []
     ids: list[str | None] = []
     sources: list[str | None] = []
+    weights: list[float] = []
     for lineno, value in iter_values(p, digest):
-        text, cols, source, ident = _labelled_row(value, f"{p}:{lineno}")
+        text, cols, source, ident, weight = _labelled_row(value, f"{p}:{lineno}")
         lines.append(lineno)
         texts.append(text)
         columns.append(cols)
         ids.append(ident)
         sources.append(source)
+        weights.append(weight)
     labels = np.zeros((len(texts), len(CATEGORY_SLUGS)), dtype=bool)
     for i, cols in enumerate(columns):
         labels[i, cols] = True
-    return LabelledFile(p, digest.hexdigest(), lines, texts, labels, ids, sources)
+    return LabelledFile(p, digest.hexdigest(), lines, texts, labels, ids, sources,
+                        np.asarray(weights, dtype=np.float32))
 
 
 # ---- writing -------------------------------------------------------------------------------------

@@ -135,13 +135,19 @@ def _serve(**options: object) -> None:
 def review_export(
     out: Annotated[Path, typer.Option("--out", help="Output JSONL file (corpus format).")],
     db_url: Annotated[str | None, typer.Option("--db-url", help="Review queue URL (default $SHENHE_DB_URL, else sqlite:///var/shenhe.db).")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only items decided at or after this ISO 8601 time (UTC unless it names a zone), for incremental retraining.")] = None,
 ) -> None:
     """Write decided review items as corpus records {"id","text","labels","source":"review"}."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from shenhe.models.jsonl import atomic_jsonl
     from shenhe.serving.queue import ReviewStore
+    from shenhe.serving.reviews import ReviewSourceError, parse_since
 
+    try:
+        since_at = parse_since(since) if since is not None else None
+    except ReviewSourceError as e:
+        raise UserError(str(e)) from None
     config = _config(db_url=db_url)
     try:
         store = ReviewStore(config.db_url)
@@ -152,14 +158,15 @@ def review_export(
         if store.backend == "sqlite" and not _sqlite_file_exists(config.db_url):
             raise UserError(f"no review database at {store.describe()} (start the service first, or give --db-url)")
         with atomic_jsonl(out) as f:
-            for record in store.iter_decided():
+            for record in store.iter_decided(since=since_at):
                 f.write(record)
             n = f.written
     except SQLAlchemyError as e:
         raise UserError(f"cannot read the review database {store.describe()}: {str(e).splitlines()[0][:200]}") from None
     finally:
         store.close()
-    print(f"wrote {n} decided item(s) to {out}", file=sys.stderr)
+    print(f"wrote {n} decided item(s) to {out}" + (f" (decided since {since_at.isoformat()})" if since_at else ""),
+          file=sys.stderr)
 
 
 def _sqlite_file_exists(url: str) -> bool:

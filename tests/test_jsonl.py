@@ -50,6 +50,14 @@ def test_reads_rows_with_their_lines_ids_sources_and_hash(tmp_path: Path) -> Non
     assert rows.labels[0].tolist() == [s == "insult_defamation" for s in CATEGORY_SLUGS]
     assert not rows.labels[1:].any()
     assert rows.sha256 == hashlib.sha256(p.read_bytes()).hexdigest()
+    assert rows.weights.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_sample_weights(tmp_path: Path) -> None:
+    p = write(tmp_path, [GOOD, json.dumps({"text": "b", "labels": ["rumor"], "weight": 2.5})])
+    assert read_labelled(p).weights.tolist() == [1.0, 2.5]
+    assert read_split(p).weights.tolist() == [1.0, 2.5]  # training weighs rows by it; evaluation ignores it
+    assert read_eval_file(p).n == 2
 
 
 def test_empty_file_has_no_rows(tmp_path: Path) -> None:
@@ -81,6 +89,8 @@ BAD_LINES = [
     ('{"text": "你好", "labels": [], "source": 3}', '"source" must be a string'),
     ('{"text": "你好", "labels": [], "id": 1.5}', '"id" must be a string or an integer'),
     ('{"text": "你好", "labels": [], "id": true}', '"id" must be a string or an integer'),
+    ('{"text": "你好", "labels": [], "weight": 0}', "'weight' must be a positive number (got 0)"),
+    ('{"text": "你好", "labels": [], "weight": "2"}', "'weight' must be a positive number"),
     ("[" * 100_000, "not valid JSON"),
 ]
 

@@ -117,3 +117,17 @@ class ExportOptions:
     show_progress: bool = True
     quantization: str = "auto"  # auto (the fastest scheme whose quality holds) or one of QUANT_SCHEMES
     base: str | None = None  # the encoder a bundle was trained from (needed to re-export a bundle)
+
+
+# ---- command-line options fall through to these defaults --------------------------------------------
+
+
+def default_help(cls: type[Any], name: str) -> str:
+    """``[default: X]`` for an option's help text, X being the dataclass field's default (set only there)."""
+    value = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    return f"\\[default: {'none' if value is None else value}]"
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options given on the command line; one left out (None) falls through to the dataclass default."""
+    return {name: value for name, value in options.items() if value is not None}

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -14,7 +14,7 @@ from shenhe.models.bundle import BundleError
 from shenhe.models.errors import UserError, cli_errors
 from shenhe.models.policy import PolicyError
 from shenhe.training.data import BUILD_DIR
-from shenhe.training.finetune.args import ExportOptions, TrainingArguments
+from shenhe.training.finetune.args import ExportOptions, TrainingArguments, default_help, given
 
 DEFAULT_BASE = "~/.cache/shenhe/encoders/me5-small-zh"
 
@@ -52,17 +52,6 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def _default(cls: type[Any], name: str) -> str:
-    """``[default: X]`` for help text, X being the dataclass field's default (the one place it is set)."""
-    value = next(f.default for f in dataclasses.fields(cls) if f.name == name)
-    return f"\\[default: {'none' if value is None else value}]"
-
-
-def _given(**options: Any) -> dict[str, Any]:
-    """The options given on the command line; an option left out (None) falls through to the dataclass default."""
-    return {name: value for name, value in options.items() if value is not None}
-
-
 # With --resume, only these may change; every other setting is the run's own (run.json).
 RESUMABLE = ("epochs", "max_steps", "time_budget_minutes", "threads", "early_stopping_patience",
              "snapshot_every_steps", "average_last")
@@ -78,25 +67,25 @@ def train_cmd(
                             "(e.g. models/default when retraining on reviewer labels).")] = None,
     arch: Annotated[str, typer.Option("--arch", help="bert (fine-tune the encoder) or tfidf (baseline).")] = "bert",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
-    epochs: Annotated[int | None, typer.Option("--epochs", help=f"Epochs. {_default(TrainingArguments, 'epochs')}")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help=f"Epochs. {default_help(TrainingArguments, 'epochs')}")] = None,
     lr: Annotated[float | None, typer.Option(
-        "--lr", help=f"Encoder learning rate. {_default(TrainingArguments, 'learning_rate')}")] = None,
+        "--lr", help=f"Encoder learning rate. {default_help(TrainingArguments, 'learning_rate')}")] = None,
     head_lr: Annotated[float | None, typer.Option(
-        "--head-lr", help=f"Head learning rate. {_default(TrainingArguments, 'head_learning_rate')}")] = None,
+        "--head-lr", help=f"Head learning rate. {default_help(TrainingArguments, 'head_learning_rate')}")] = None,
     batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", help=_default(TrainingArguments, "batch_size"))] = None,
+        "--batch-size", help=default_help(TrainingArguments, "batch_size"))] = None,
     max_length: Annotated[int | None, typer.Option(
-        "--max-length", help=f"Tokens per window. {_default(TrainingArguments, 'max_length')}")] = None,
+        "--max-length", help=f"Tokens per window. {default_help(TrainingArguments, 'max_length')}")] = None,
     stride: Annotated[int | None, typer.Option(
         "--stride", help="Tokens shared by consecutive windows of a long text. "
-                         f"{_default(TrainingArguments, 'window_stride')}")] = None,
+                         f"{default_help(TrainingArguments, 'window_stride')}")] = None,
     warmup_ratio: Annotated[float | None, typer.Option(
-        "--warmup-ratio", help=_default(TrainingArguments, "warmup_ratio"))] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help=_default(TrainingArguments, "seed"))] = None,
+        "--warmup-ratio", help=default_help(TrainingArguments, "warmup_ratio"))] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help=default_help(TrainingArguments, "seed"))] = None,
     freeze_embeddings: Annotated[bool | None, typer.Option(
         "--freeze-embeddings/--train-embeddings", help="Default: frozen on CPU, trained on GPU.")] = None,
     freeze_layers: Annotated[int | None, typer.Option(
-        "--freeze-layers", help=f"Freeze the bottom N transformer layers. {_default(TrainingArguments, 'freeze_layers')}")] = None,
+        "--freeze-layers", help=f"Freeze the bottom N transformer layers. {default_help(TrainingArguments, 'freeze_layers')}")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimiser steps.")] = None,
     time_budget: Annotated[float | None, typer.Option(
         "--time-budget-minutes", help="Stop training after this many minutes (over all resumes), then evaluate.")] = None,
@@ -105,38 +94,38 @@ def train_cmd(
     max_per_source: Annotated[int | None, typer.Option("--max-per-source", help="Cap train rows per source.")] = None,
     eval_every: Annotated[int | None, typer.Option(
         "--eval-every-steps", help="Dev evaluation every N steps (0: epochs only). "
-                                   f"{_default(TrainingArguments, 'eval_every_steps')}")] = None,
+                                   f"{default_help(TrainingArguments, 'eval_every_steps')}")] = None,
     eval_samples: Annotated[int | None, typer.Option(
-        "--eval-samples", help=f"Dev subsample during training (0: all). {_default(TrainingArguments, 'eval_samples')}")] = None,
+        "--eval-samples", help=f"Dev subsample during training (0: all). {default_help(TrainingArguments, 'eval_samples')}")] = None,
     save_every: Annotated[int | None, typer.Option(
-        "--save-every-steps", help=f"Checkpoint every N steps. {_default(TrainingArguments, 'save_every_steps')}")] = None,
+        "--save-every-steps", help=f"Checkpoint every N steps. {default_help(TrainingArguments, 'save_every_steps')}")] = None,
     patience: Annotated[int | None, typer.Option(
         "--patience", min=1, help="Early stopping: evaluations without improvement (with --resume, replaces the run's "
-                                  f"value). {_default(TrainingArguments, 'early_stopping_patience')}")] = None,
+                                  f"value). {default_help(TrainingArguments, 'early_stopping_patience')}")] = None,
     snapshot_every: Annotated[int | None, typer.Option(
         "--snapshot-every-steps", min=1, help="Keep the trainable weights every N steps in snapshots/ (for --average-last).")] = None,
     average_last: Annotated[int | None, typer.Option(
         "--average-last", min=0, help="At the end, average the last K snapshots; the average is the final model when it "
                                       "scores at least as well on the dev subsample as the best checkpoint (0: off). "
-                                      f"{_default(TrainingArguments, 'average_last')}")] = None,
+                                      f"{default_help(TrainingArguments, 'average_last')}")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: cores available).")] = None,
     device: Annotated[str | None, typer.Option(
-        "--device", help=f"auto, cpu or cuda. {_default(TrainingArguments, 'device')}")] = None,
+        "--device", help=f"auto, cpu or cuda. {default_help(TrainingArguments, 'device')}")] = None,
     calibration: Annotated[str | None, typer.Option(
-        "--calibration", help=f"platt or isotonic. {_default(TrainingArguments, 'calibration')}")] = None,
+        "--calibration", help=f"platt or isotonic. {default_help(TrainingArguments, 'calibration')}")] = None,
     min_train_positives: Annotated[int | None, typer.Option(
         "--min-train-positives", help="Categories with fewer training positives are untrained (masked). "
-                                      f"{_default(TrainingArguments, 'min_train_positives')}")] = None,
+                                      f"{default_help(TrainingArguments, 'min_train_positives')}")] = None,
     oversample_rare: Annotated[int | None, typer.Option(
         "--oversample-rare", help="Repeat positives of categories with fewer training rows, up to about N per epoch "
-                                  f"(at most 8 copies; 0: off). {_default(TrainingArguments, 'oversample_rare')}")] = None,
+                                  f"(at most 8 copies; 0: off). {default_help(TrainingArguments, 'oversample_rare')}")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Fine-tune an encoder (or fit the TF-IDF baseline) on the built corpus; calibrate and pick thresholds on dev."""
 
     _passive_openmp()
     # Options map to TrainingArguments fields; an option not given keeps the dataclass default.
-    given = _given(
+    overrides = given(
         epochs=epochs, learning_rate=lr, head_learning_rate=head_lr, batch_size=batch_size, max_length=max_length,
         window_stride=stride, warmup_ratio=warmup_ratio, seed=seed, freeze_embeddings=freeze_embeddings,
         freeze_layers=freeze_layers, max_steps=max_steps, time_budget_minutes=time_budget,
@@ -146,8 +135,8 @@ def train_cmd(
         calibration=calibration, min_train_positives=min_train_positives, oversample_rare=oversample_rare,
     )
     for name in ("eval_every_steps", "eval_samples"):  # 0 on the command line: off (None in the dataclass)
-        if given.get(name) == 0:
-            given[name] = None
+        if overrides.get(name) == 0:
+            overrides[name] = None
 
     @cli_errors(*_expected_errors(), OSError)
     def run() -> None:
@@ -155,7 +144,7 @@ def train_cmd(
             from shenhe.training.finetune.tfidf import TfidfArguments, train_tfidf
 
             tfidf_fields = {f.name for f in dataclasses.fields(TfidfArguments)}
-            info = train_tfidf(TfidfArguments(data=data, out=out, **{k: v for k, v in given.items() if k in tfidf_fields}))
+            info = train_tfidf(TfidfArguments(data=data, out=out, **{k: v for k, v in overrides.items() if k in tfidf_fields}))
             print(json.dumps({k: info[k] for k in ("train_rows", "features", "fit_seconds", "dev_macro_f1",
                                                    "test_macro_f1")}, ensure_ascii=False))
             return
@@ -166,8 +155,8 @@ def train_cmd(
         if resume:
             args = load_run_args(out)
             for name in RESUMABLE:
-                if name in given:
-                    setattr(args, name, given[name])
+                if name in overrides:
+                    setattr(args, name, overrides[name])
             try:
                 args.__post_init__()  # the overrides are checked like a new run's arguments
             except ValueError as e:
@@ -177,7 +166,7 @@ def train_cmd(
             base_path = Path(chosen).expanduser()
             try:
                 args = TrainingArguments(base=str(base_path) if base_path.exists() else chosen, data=data, out=out,
-                                         init_from=str(init_from) if init_from else None, **given)
+                                         init_from=str(init_from) if init_from else None, **overrides)
             except ValueError as e:
                 raise UserError(str(e)) from None
         try:
@@ -207,7 +196,7 @@ def export_cmd(
     quantization: Annotated[str | None, typer.Option(
         "--quantization", help="auto (the fastest scheme that loses at most 0.5 point of macro-F1 and of each "
                                "category's average precision against fp32, on dev and test), dynamic, weight-only, "
-                               f"weight-only-fp32 or fp32. {_default(ExportOptions, 'quantization')}")] = None,
+                               f"weight-only-fp32 or fp32. {default_help(ExportOptions, 'quantization')}")] = None,
     base: Annotated[str | None, typer.Option(
         "--base", help="Re-exporting a bundle: the encoder it was trained from (default: the imported me5-small-zh).")] = None,
     allow_parity_failure: Annotated[bool, typer.Option(
@@ -225,7 +214,7 @@ def export_cmd(
         path = export_bundle(ExportOptions(
             run=run, out=out, allow_parity_failure=allow_parity_failure, show_progress=not quiet,
             base=base or (_default_base() if (run / "bundle.json").is_file() else None),
-            **_given(name=name, version=version, data=data, policy=policy, baseline=baseline, calibration=calibration,
+            **given(name=name, version=version, data=data, policy=policy, baseline=baseline, calibration=calibration,
                      threads=threads, quantization=quantization)))
         metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
         parity = {k: v for k, v in metrics["parity"].items() if k != "attempts"}

@@ -23,7 +23,9 @@ class DataError(ValueError):
 
 @dataclass
 class Split:
-    """One split: original texts, their normalised form, a [n, 9] 0/1 label matrix and sources."""
+    """One split: original texts, their normalised form, a [n, 9] 0/1 label matrix, sources and sample
+    weights (``weight`` in a record, default 1: a row with weight 3 counts three times as much in the
+    training loss, e.g. a reviewer's label against a public data set's, see ``shenhe retrain``)."""
 
     name: str
     ids: list[str]
@@ -31,6 +33,11 @@ class Split:
     labels: np.ndarray
     sources: list[str]
     _normalized: list[str] | None = None
+    weights: np.ndarray | None = None  # [n] float32; None: every row weighs 1
+
+    def __post_init__(self) -> None:
+        if self.weights is None:
+            self.weights = np.ones(len(self.texts), dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -44,8 +51,23 @@ class Split:
     def subset(self, index: Sequence[int]) -> Split:
         idx = list(index)
         norm = [self._normalized[i] for i in idx] if self._normalized is not None else None
+        assert self.weights is not None
         return Split(self.name, [self.ids[i] for i in idx], [self.texts[i] for i in idx],
-                     self.labels[idx], [self.sources[i] for i in idx], norm)
+                     self.labels[idx], [self.sources[i] for i in idx], norm, self.weights[idx])
+
+    def weights_by_source(self) -> dict[str, float]:
+        """The mean sample weight of each source's rows."""
+        assert self.weights is not None
+        total: dict[str, float] = {}
+        for src, w in zip(self.sources, self.weights.tolist(), strict=True):
+            total[src] = total.get(src, 0.0) + w
+        counts = Counter(self.sources)
+        return {src: round(total[src] / counts[src], 3) for src in sorted(total)}
+
+    @property
+    def weighted(self) -> bool:
+        """Whether any row weighs other than 1."""
+        return self.weights is not None and bool(np.any(self.weights != 1.0))
 
     def positives(self) -> dict[str, int]:
         return {slug: int(self.labels[:, c].sum()) for c, slug in enumerate(CATEGORY_SLUGS)}
@@ -56,7 +78,7 @@ class Split:
 
 def read_split(path: Path, name: str | None = None) -> Split:
     """Read a labelled split with :func:`shenhe.models.jsonl.read_labelled` (its rules: ``text`` and
-    ``labels`` required, optional ``id`` and ``source``); a bad line is a one-line DataError. A row
+    ``labels`` required, optional ``id``, ``source`` and ``weight``); a bad line is a one-line DataError. A row
     without an ``id`` is keyed by file and line (``train:12``), one without a ``source`` counts as
     ``unknown``."""
     try:
@@ -65,7 +87,8 @@ def read_split(path: Path, name: str | None = None) -> Split:
         raise DataError(str(e)) from None
     ids = [ident if ident is not None else f"{path.stem}:{line}" for ident, line in zip(rows.ids, rows.lines, strict=True)]
     sources = [source if source is not None else "unknown" for source in rows.sources]
-    return Split(name or path.stem, ids, rows.texts, rows.labels.astype(np.float32), sources)
+    return Split(name or path.stem, ids, rows.texts, rows.labels.astype(np.float32), sources,
+                 weights=rows.weights)
 
 
 def read_splits(data_dir: Path, require: Sequence[str] = ("train", "dev")) -> dict[str, Split]:
