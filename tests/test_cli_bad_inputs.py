@@ -19,6 +19,8 @@ CASES: list[tuple[str, ...]] = [
     ("train", "--out", "{t}/run", "--data", "{t}/nope"),
     ("train", "--out", "{t}/run", "--epochs", "-1", "--data", "{t}/nope"),
     ("export", "--run", "{t}/nope", "--out", "{t}/b"),
+    ("card", "--bundle", "{t}/nope"),
+    ("card", "--bundle", "{t}", "--check"),
     ("classify", "--bundle", "{t}/nope", "你好"),
     ("classify", "--input", "{t}/nope.jsonl"),
     ("classify", "--input", "{t}/bad.jsonl"),

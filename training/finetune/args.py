@@ -1,4 +1,5 @@
-"""Typed configuration for fine-tuning (one dataclass, saved into the run directory as run.json)."""
+"""Typed configuration of `shenhe train` (:class:`TrainingArguments`, saved into the run directory as run.json)
+and `shenhe export` (:class:`ExportOptions`). The defaults live here only: the CLI options fall through to them."""
 
 from __future__ import annotations
 
@@ -96,3 +97,37 @@ class TrainingArguments:
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+@dataclass
+class ExportOptions:
+    """Everything that defines an export (``shenhe export``); see training/finetune/export.py."""
+
+    run: Path  # a finished run directory, or a bundle to re-export
+    out: Path
+    name: str | None = None  # default: the out folder's name
+    version: str | None = None  # default: today's date
+    data: Path | None = None  # default: the run's --data
+    policy: Path | None = None  # base policy (targets, word lists); default: the shipped policy
+    baseline: Path | None = None  # a `shenhe train --arch tfidf` run to compare with in the card
+    calibration: str | None = None  # platt | isotonic; default: the run's choice
+    threads: int | None = None
+    batch_size: int = 64
+    allow_parity_failure: bool = False
+    show_progress: bool = True
+    quantization: str = "auto"  # auto (the fastest scheme whose quality holds) or one of QUANT_SCHEMES
+    base: str | None = None  # the encoder a bundle was trained from (needed to re-export a bundle)
+
+
+# ---- command-line options fall through to these defaults --------------------------------------------
+
+
+def default_help(cls: type[Any], name: str) -> str:
+    """``[default: X]`` for an option's help text, X being the dataclass field's default (set only there)."""
+    value = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    return f"\\[default: {'none' if value is None else value}]"
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options given on the command line; one left out (None) falls through to the dataclass default."""
+    return {name: value for name, value in options.items() if value is not None}
