@@ -309,7 +309,14 @@ def _export(opts: ExportOptions, run_dir: Path) -> Path:
         metrics["training"].update({k: info["summary"].get(k) for k in
                                     ("device", "train_rows", "train_rows_available", "trained_categories",
                                      "untrained_categories", "freeze_embeddings", "trainable_parameters",
-                                     "warm_start", "averaging")})
+                                     "warm_start", "averaging", "augmentation")})
+        sampling = info["summary"].get("sampling") or {}
+        metrics["training"]["sampling"] = None
+        if sampling.get("source_power") is not None or sampling.get("harmless_boost") or sampling.get("rare_factors"):
+            metrics["training"]["sampling"] = {k: sampling.get(k) for k in (
+                "source_power", "fixed_source_shares", "harmless_boost", "rare_factors", "expected_rows_per_epoch")}
+            metrics["training"]["sampling"]["epoch_share"] = {
+                s: v["epoch_share"] for s, v in sampling.get("sources", {}).items()}
         metrics["training"]["steps"] = info.get("state", {}).get("global_step")
         metrics["training"]["stop_reason"] = info.get("state", {}).get("stop_reason")
         if opts.baseline:
