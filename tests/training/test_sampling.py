@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,7 +43,7 @@ def skewed() -> Split:
     return _split(sources, labels)
 
 
-def _share(plan, split: Split, source: str) -> float:  # type: ignore[no-untyped-def]
+def _share(plan, split: Split, source: str) -> float:
     rows = np.array(split.sources) == source
     return float(plan.weights[rows].sum() / plan.weights.sum())
 
@@ -126,10 +127,10 @@ def test_fractional_weights_round_to_neighbouring_counts_with_the_right_mean(ske
 # --------------------------------------------------------------------------- the trainer
 
 
-def _args(encoder: Path, out: Path, **kw):  # type: ignore[no-untyped-def]
+def _args(encoder: Path, out: Path, **kw):
     from shenhe.training.finetune.args import TrainingArguments
 
-    base = dict(base=str(encoder), data=DATA, out=out, epochs=2, max_steps=8, batch_size=8, eval_batch_size=16,
+    base: dict[str, Any] = dict(base=str(encoder), data=DATA, out=out, epochs=2, max_steps=8, batch_size=8, eval_batch_size=16,
                 learning_rate=1e-3, head_learning_rate=1e-2, max_length=48, window_stride=8, eval_every_steps=3,
                 eval_samples=None, save_every_steps=2, threads=1, device="cpu", min_train_positives=2,
                 early_stopping_patience=100)
@@ -137,7 +138,7 @@ def _args(encoder: Path, out: Path, **kw):  # type: ignore[no-untyped-def]
     return TrainingArguments(**base)
 
 
-def _on(encoder: Path, out: Path, **kw):  # type: ignore[no-untyped-def]
+def _on(encoder: Path, out: Path, **kw):
     from shenhe.training.finetune.args import AugmentConfig, SamplingConfig
 
     return _args(encoder, out, sampling=SamplingConfig(source_power=0.0, harmless_boost={"fixture": 1.5}),
@@ -184,7 +185,7 @@ def test_a_run_with_sampling_and_augmentation_records_them_and_resumes_to_the_sa
     broken = _on(encoder, tmp_path / "broken", max_steps=14)
     real_step = Trainer._step
 
-    def crash(self, batch):  # type: ignore[no-untyped-def]
+    def crash(self, batch):
         if self.state.global_step == 12:  # in the second epoch (11 batches in the first)
             raise KeyboardInterrupt
         return real_step(self, batch)

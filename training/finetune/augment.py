@@ -37,11 +37,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shenhe.models.normalize import normalize_text
 from shenhe.training.finetune.args import AUGMENT_KINDS, AugmentConfig
+
+if TYPE_CHECKING:
+    from opencc import OpenCC
 
 TABLE_DIR = Path(__file__).resolve().parent / "augment_tables"
 HOMOPHONE_FILE = TABLE_DIR / "homophones.tsv"
@@ -109,7 +113,7 @@ def homophone_candidates() -> dict[str, tuple[str, ...]]:
 
 
 @lru_cache(maxsize=1)
-def _opencc():  # type: ignore[no-untyped-def]
+def _opencc() -> OpenCC:
     import opencc
 
     return opencc.OpenCC(TRADITIONAL_CONFIG)
@@ -248,7 +252,7 @@ class EpochStats:
     harmful_changed: int = 0
     by_kind: Counter[str] = field(default_factory=Counter)
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         harmless_rows = self.rows - self.harmful_rows
         return {
             "rows": self.rows, "selected": self.selected, "changed": self.changed,

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -164,7 +165,7 @@ class SamplingPlan:
 
     weights: np.ndarray  # [n] expected draws per epoch of each row
     rare_factors: dict[str, int]  # category -> factor applied to its positives (oversample_rare)
-    info: dict[str, object]
+    info: dict[str, Any]
 
     def epoch_counts(self, seed: int, epoch: int) -> np.ndarray:
         """Copies of each row in ``epoch``: ``floor(weight + u)`` with ``u`` uniform, seeded by (seed, epoch).
@@ -198,7 +199,7 @@ def sampling_plan(split: Split, source_power: float | None = None, source_shares
     boost = dict(harmless_boost or {})
     counts = Counter(split.sources)
     weights = np.ones(n, dtype=np.float64)
-    info: dict[str, object] = {}
+    info: dict[str, Any] = {}
     src = np.array(split.sources, dtype=object)
     harmless = split.labels.sum(axis=1) == 0
     if source_power is not None or shares_in:

@@ -430,7 +430,7 @@ def _bundle_metrics(job: _Job, ref: _Reference, chosen: _Candidate, judged: Judg
 
 def _training_summary(info: dict[str, Any]) -> dict[str, Any]:
     """The run, as metrics.json and the model card report it."""
-    out = {k: info.get(k) for k in ("train_samples_per_second", "dev_macro_f1", "test_macro_f1")}
+    out: dict[str, Any] = {k: info.get(k) for k in ("train_samples_per_second", "dev_macro_f1", "test_macro_f1")}
     out.update({k: info["summary"].get(k) for k in
                 ("device", "train_rows", "train_rows_available", "trained_categories", "untrained_categories",
                  "freeze_embeddings", "trainable_parameters", "warm_start", "averaging", "augmentation")})

@@ -240,7 +240,7 @@ class Trainer:
 
         n_trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         n_total = sum(p.numel() for p in self.model.parameters())
-        self.summary = {
+        self.summary: dict[str, Any] = {
             "device": str(self.device),
             "warm_start": self.warm_start,
             "text_prefix": self.text_prefix,
