@@ -159,6 +159,126 @@ def train_cmd(
     run()
 
 
+def distill_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run directory of the student (same shape as a `shenhe train` run).")],
+    teacher: Annotated[Path | None, typer.Option(
+        "--teacher", help="The teacher: a bundle (e.g. models/default) or a finished `shenhe train` run.")] = None,
+    layers: Annotated[int | None, typer.Option(
+        "--layers", min=1, help="K: encoder layers the student keeps (e.g. 6, 4 or 3 of the teacher's 12).")] = None,
+    layer_map: Annotated[str, typer.Option(
+        "--layer-map", help="Which teacher layers: spread (every n/K-th, ending at the top layer: 1,3,...,11 for "
+                            "K=6), bottom (the first K), or a list such as 0,4,8,11.")] = "spread",
+    data: Annotated[Path, typer.Option("--data", help="Folder with train.jsonl, dev.jsonl and (optional) test.jsonl.")] = DEFAULT_DATA,
+    unlabelled: Annotated[list[Path] | None, typer.Option(
+        "--unlabelled", help="Texts without labels to learn the teacher's scores on (JSONL with \"text\", or one "
+                             "text per line); repeatable. Texts in dev, test or holdout are dropped.")] = None,
+    augment_copies: Annotated[int, typer.Option(
+        "--augment-copies", min=0, help="Obfuscated copies of each training text, scored by the teacher too "
+                                        "(needs training/finetune/augment.py).")] = 0,
+    alpha: Annotated[float, typer.Option(
+        "--alpha", min=0.0, max=1.0, help="Weight of the teacher's soft scores; 1 - alpha on the gold labels.")] = 0.7,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.01, help="Softens both logits in the teacher term.")] = 2.0,
+    base: Annotated[str | None, typer.Option(
+        "--base", help="The encoder the teacher was fine-tuned from (default: a run's own; for a bundle, the "
+                       "imported me5-small-zh).")] = None,
+    teacher_cache: Annotated[Path | None, typer.Option(
+        "--teacher-cache", help="Folder for the teacher's cached logits (default RUN/teacher); students of one "
+                                "teacher on one corpus can share it.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (default 3).")] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Encoder learning rate.")] = 1e-4,
+    head_lr: Annotated[float, typer.Option("--head-lr", help="Head learning rate (the head is the teacher's).")] = 1e-4,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    max_length: Annotated[int | None, typer.Option("--max-length", help="Tokens per window (default: the teacher's).")] = None,
+    stride: Annotated[int | None, typer.Option("--stride", help="Window overlap (default: the teacher's).")] = None,
+    warmup_ratio: Annotated[float, typer.Option("--warmup-ratio")] = 0.06,
+    seed: Annotated[int, typer.Option("--seed")] = 42,
+    freeze_embeddings: Annotated[bool | None, typer.Option(
+        "--freeze-embeddings/--train-embeddings", help="Default: frozen on CPU, trained on GPU.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimiser steps.")] = None,
+    time_budget: Annotated[float | None, typer.Option(
+        "--time-budget-minutes", help="Stop training after this many minutes (over all resumes), then evaluate.")] = None,
+    max_train_samples: Annotated[int | None, typer.Option(
+        "--max-train-samples", help="Deterministic subsample of train; rare-category positives are always kept.")] = None,
+    max_per_source: Annotated[int | None, typer.Option("--max-per-source", help="Cap train rows per source.")] = None,
+    eval_every: Annotated[int, typer.Option("--eval-every-steps", help="Dev evaluation every N steps (0: epochs only).")] = 300,
+    eval_samples: Annotated[int, typer.Option("--eval-samples", help="Dev subsample during training (0: all).")] = 2000,
+    save_every: Annotated[int, typer.Option("--save-every-steps", help="Checkpoint every N steps.")] = 100,
+    patience: Annotated[int | None, typer.Option("--patience", min=1, help="Early stopping: evaluations without improvement (default 3).")] = None,
+    snapshot_every: Annotated[int | None, typer.Option(
+        "--snapshot-every-steps", min=1, help="Keep the trainable weights every N steps (for --average-last).")] = None,
+    average_last: Annotated[int | None, typer.Option(
+        "--average-last", min=0, help="Average the last K snapshots at the end when that scores at least as well.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: cores available).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (the teacher always runs on onnxruntime, CPU).")] = "auto",
+    calibration: Annotated[str, typer.Option("--calibration", help="platt or isotonic.")] = "platt",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Distil a teacher (bundle or run) into a student with K of its layers, trained on the teacher's cached window
+    logits plus the gold labels; export it with `shenhe export --run`."""
+
+    _passive_openmp()
+
+    @cli_errors(*_expected_errors(), OSError)
+    def run() -> None:
+        from shenhe.training.finetune.distill import DistillArguments, distill
+        from shenhe.training.finetune.trainer import load_run_args
+
+        if resume:
+            args = load_run_args(out, DistillArguments, kind="distill")
+            for name, value in (("epochs", epochs), ("max_steps", max_steps), ("time_budget_minutes", time_budget),
+                                ("threads", threads), ("early_stopping_patience", patience),
+                                ("snapshot_every_steps", snapshot_every), ("average_last", average_last)):
+                if value is not None:
+                    setattr(args, name, value)
+            try:
+                args.__post_init__()
+            except ValueError as e:
+                raise UserError(str(e)) from None
+        else:
+            from shenhe.training.finetune.teacher import resolve_teacher
+
+            if teacher is None:
+                raise UserError("--teacher is needed (a bundle such as models/default, or a finished run)")
+            if layers is None and layer_map in ("spread", "bottom"):
+                raise UserError("--layers K is needed (or an explicit --layer-map such as 0,4,8,11)")
+            found = resolve_teacher(teacher)
+            chosen = base or found.base or _default_base()
+            base_path = Path(chosen).expanduser()
+            try:
+                args = DistillArguments(
+                    base=str(base_path) if base_path.exists() else chosen, data=data, out=out,
+                    teacher=str(teacher), layers=layers or 0, layer_map=layer_map, alpha=alpha,
+                    temperature=temperature, unlabelled=[str(p) for p in unlabelled or []],
+                    augment_copies=augment_copies, teacher_cache=str(teacher_cache) if teacher_cache else None,
+                    epochs=epochs or 3, learning_rate=lr, head_learning_rate=head_lr, batch_size=batch_size,
+                    max_length=max_length or found.max_length,
+                    window_stride=stride if stride is not None else found.window_stride,
+                    warmup_ratio=warmup_ratio, seed=seed, freeze_embeddings=freeze_embeddings, max_steps=max_steps,
+                    time_budget_minutes=time_budget, max_train_samples=max_train_samples,
+                    max_per_source=max_per_source, eval_every_steps=eval_every or None,
+                    eval_samples=eval_samples or None, save_every_steps=save_every,
+                    **({} if patience is None else {"early_stopping_patience": patience}),
+                    threads=threads, device=device, calibration=calibration,  # type: ignore[arg-type]
+                    snapshot_every_steps=snapshot_every, average_last=average_last or 0,
+                )
+            except ValueError as e:
+                raise UserError(str(e)) from None
+        try:
+            info = distill(args, resume=resume, show_progress=not quiet)
+        except KeyboardInterrupt:
+            raise UserError(f"interrupted; continue from the last checkpoint with: shenhe distill --resume --out {out}",
+                            exit_code=130) from None
+        d = info["summary"]["distillation"]
+        print(json.dumps({"run": str(out), "teacher": d["teacher"]["name"], "layers": d["kept_layers"],
+                          "steps": info["state"]["global_step"], "stop_reason": info["state"]["stop_reason"],
+                          "train_samples_per_second": info["train_samples_per_second"],
+                          "dev_macro_f1": info["dev_macro_f1"], "test_macro_f1": info["test_macro_f1"]},
+                         ensure_ascii=False))
+
+    run()
+
+
 def export_cmd(
     run: Annotated[Path, typer.Option("--run", help="A finished `shenhe train` run directory, or a bundle to re-export "
                                                     "(its weights are read back from model.onnx; needs --base).")],
@@ -208,4 +328,5 @@ def export_cmd(
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
+    app.command("distill")(distill_cmd)
     app.command("export")(export_cmd)

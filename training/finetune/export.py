@@ -108,6 +108,22 @@ def _throughput(session: Any, windower: WindowTokenizer, texts: list[str]) -> di
             "load_average_1min": round(os.getloadavg()[0], 2), "cores": default_threads()}
 
 
+def _teacher_speed(distillation: dict[str, Any], windower: WindowTokenizer, texts: list[str],
+                   threads: int) -> dict[str, Any]:
+    """The distilled student's teacher timed like the student (:func:`_throughput`), when it is a bundle that is
+    still there, unchanged; otherwise why not."""
+    from shenhe.models.bundle import sha256_file
+    from shenhe.training.finetune.backend import ort_session
+
+    teacher = distillation.get("teacher") or {}
+    if teacher.get("kind") != "bundle":
+        return {"note": "the teacher is a training run (no served model to time)"}
+    path = Path(teacher["path"]) / MODEL_FILE
+    if not path.is_file() or sha256_file(path) != teacher.get("model_sha256"):
+        return {"note": f"{path} is missing or no longer the teacher's model"}
+    return _throughput(ort_session(path, threads), windower, texts)
+
+
 def describe_base(base: str) -> str:
     """A readable base-encoder name: the checkpoint folder and, for an imported one, where it came from."""
     path = Path(base).expanduser()
@@ -309,7 +325,10 @@ def _export(opts: ExportOptions, run_dir: Path) -> Path:
         metrics["training"].update({k: info["summary"].get(k) for k in
                                     ("device", "train_rows", "train_rows_available", "trained_categories",
                                      "untrained_categories", "freeze_embeddings", "trainable_parameters",
-                                     "warm_start", "averaging")})
+                                     "warm_start", "averaging", "distillation")})
+        if metrics["training"]["distillation"]:  # a distilled student: time its teacher too, same texts, same run
+            metrics["training"]["distillation"]["teacher_speed"] = _teacher_speed(
+                metrics["training"]["distillation"], windower, dev.texts, threads)
         metrics["training"]["steps"] = info.get("state", {}).get("global_step")
         metrics["training"]["stop_reason"] = info.get("state", {}).get("stop_reason")
         if opts.baseline:
