@@ -2,7 +2,7 @@
 
   (a) the fine-tuned model in PyTorch eager fp32 through `transformers` (what a user would pick instead):
       same normalisation and windows, length-sorted batches, default attention;
-  (b) `models.predictor.Predictor` on the bundle: one text per call, and 32 texts per call;
+  (b) `shenhe.Predictor` on the bundle: one text per call, and 32 texts per call;
   (c) the service (`shenhe serve` started here, temporary SQLite queue): one text per request at
       concurrency 1, 8 and 32, and 32-text requests at concurrency 4.
 

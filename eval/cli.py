@@ -104,7 +104,17 @@ def promote_cmd(
                          n_bootstrap=bootstrap, seed=seed)
     verdict = promote(candidate, target, data, rule=rule, record=record, dry_run=dry_run, threads=threads,
                       show_progress=not quiet)
-    console = Console(stderr=True)
+    print_verdict(Console(stderr=True), verdict)
+    if verdict.promote:
+        print(f"{'would promote' if dry_run else 'promoted'}: {candidate} -> {target}"
+              + ("" if dry_run else f" (previous kept in {target.name}.previous)"))
+        return
+    print(f"not promoted: {'; '.join(verdict.reasons)}")
+    raise typer.Exit(1)
+
+
+def print_verdict(console: Console, verdict: Any) -> None:
+    """The gate's numbers as a table: candidate, current, difference with its 95% interval, per metric."""
     t = Table(title=f"{verdict.candidate['name']} {verdict.candidate['version']} (candidate) vs "
                     f"{verdict.current['name']} {verdict.current['version']} (current) on {verdict.data['n']} texts")
     for col in ("metric", "candidate", "current", "difference (95% CI)", "better"):
@@ -122,12 +132,6 @@ def promote_cmd(
     for slug, c in verdict.checks["per_category"].items():
         row(f"{slug} AP", c["average_precision"])
     console.print(t)
-    if verdict.promote:
-        print(f"{'would promote' if dry_run else 'promoted'}: {candidate} -> {target}"
-              + ("" if dry_run else f" (previous kept in {target.name}.previous)"))
-        return
-    print(f"not promoted: {'; '.join(verdict.reasons)}")
-    raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

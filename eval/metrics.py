@@ -15,7 +15,6 @@ them against scikit-learn with sample weights.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 
@@ -30,6 +29,7 @@ from shenhe.models.decision import REVIEW as REVIEW
 from shenhe.models.decision import Thresholds as Thresholds
 from shenhe.models.decision import decide as decide
 from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.models.stats import Z95, wilson
 
 DECISION_CODES = {name: code for code, name in enumerate(DECISION_NAMES)}
 
@@ -311,15 +311,6 @@ def nan_to_none(x: float) -> float | None:
     return None if np.isnan(x) else x
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
-    """Wilson score interval (95% by default) for a proportion ``successes / n``; None when n = 0.
-
-    Unlike the normal approximation it stays inside [0, 1] and is sensible for small n or a
-    proportion near 1 (block precision of 20 / 20 gives [0.84, 1.0], not [1.0, 1.0])."""
-    if n <= 0:
-        return None
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval (95% by default) for ``successes / n``; None when n = 0."""
+    return wilson(successes, n, z) if n > 0 else None

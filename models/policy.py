@@ -7,6 +7,7 @@ Policy is data. The shipped file is ``models/policy.yaml``; an operator's own fi
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -199,6 +200,24 @@ class Policy(BaseModel):
     @property
     def trained_slugs(self) -> tuple[str, ...]:
         return tuple(c.slug for c in self.categories if c.trained)
+
+    def threshold_margin(self, scores: Mapping[str, float]) -> float | None:
+        """How close a text's calibrated scores come to a decision boundary: the smallest distance from a
+        trained category's score to its review threshold (or its block threshold, where it can block).
+        Small = the model was unsure (active learning serves such items first); None without trained
+        categories or scores."""
+        best: float | None = None
+        for c in self.categories:
+            if not c.trained or c.slug not in scores:
+                continue
+            s = float(scores[c.slug])
+            if s != s:  # NaN
+                continue
+            d = abs(s - c.review_threshold)
+            if c.can_block:
+                d = min(d, abs(s - c.block_threshold))
+            best = d if best is None else min(best, d)
+        return best
 
     def with_updates(self, updates: dict[str, dict[str, object]], version: str | None = None) -> Policy:
         """A copy with some category fields replaced (used by training to write chosen thresholds)."""

@@ -16,7 +16,7 @@ import re
 import time
 import uuid
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 
 import anyio.to_thread
 from fastapi import FastAPI, Path, Query, Request
@@ -393,17 +393,23 @@ async def classify(request: Request) -> Response:
     response_model=ReviewItemOut,
     responses={**ERROR_RESPONSES, 204: {"description": "The queue has no open item"}},
     tags=["review"],
-    summary="Claim the oldest open review item with a lease",
-    description="The item is leased to you for lease_seconds; an expired lease returns it to the queue.",
+    summary="Claim the next open review item with a lease (oldest, or most uncertain, first)",
+    description="The item is leased to you for lease_seconds; an expired lease returns it to the queue. "
+                "order=age hands out the oldest open item; order=uncertainty the one whose scores came closest "
+                "to a threshold when it was queued (active learning; ties by age). Default: the server's "
+                "SHENHE_REVIEW_ORDER (age unless set).",
 )
 async def review_next(
     request: Request,
     lease_seconds: int | None = Query(None, ge=1, le=86_400, description="lease length (default: server setting)"),
+    order: Literal["age", "uncertainty"] | None = Query(
+        None, description="age (oldest first) or uncertainty (closest to a threshold first); default: server setting"),
 ) -> Response:
     runtime = _runtime(request)
     principal = _authorize(request, runtime, "review")
-    item = await anyio.to_thread.run_sync(runtime.store.claim, lease_seconds or runtime.config.lease_seconds,
-                                          principal.name)
+    chosen = order or runtime.config.review_order
+    item = await anyio.to_thread.run_sync(lambda: runtime.store.claim(
+        lease_seconds or runtime.config.lease_seconds, principal.name, order=chosen))
     if item is None:
         return Response(status_code=204)
     request.state.log_fields["review_id"] = item.review_id

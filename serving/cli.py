@@ -136,12 +136,18 @@ def _serve(**options: object) -> None:
 def review_export(
     out: Annotated[Path, typer.Option("--out", help="Output JSONL file (corpus format).")],
     db_url: Annotated[str | None, typer.Option("--db-url", help="Review queue URL (default $SHENHE_DB_URL, else sqlite:///var/shenhe.db).")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="Only items decided at or after this ISO 8601 time (UTC unless it names a zone), for incremental retraining.")] = None,
 ) -> None:
     """Write decided review items as corpus records {"id","text","labels","source":"review"}."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from shenhe.serving.queue import ReviewStore
+    from shenhe.serving.reviews import ReviewSourceError, parse_since
 
+    try:
+        since_at = parse_since(since) if since is not None else None
+    except ReviewSourceError as e:
+        raise UserError(str(e)) from None
     config = _config(db_url=db_url)
     try:
         store = ReviewStore(config.db_url)
@@ -154,7 +160,7 @@ def review_export(
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
         with tmp.open("w", encoding="utf-8") as f:
-            for record in store.iter_decided():
+            for record in store.iter_decided(since=since_at):
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 n += 1
         tmp.replace(out)
@@ -162,7 +168,8 @@ def review_export(
         raise UserError(f"cannot read the review database {store.describe()}: {str(e).splitlines()[0][:200]}") from None
     finally:
         store.close()
-    print(f"wrote {n} decided item(s) to {out}", file=sys.stderr)
+    print(f"wrote {n} decided item(s) to {out}" + (f" (decided since {since_at.isoformat()})" if since_at else ""),
+          file=sys.stderr)
 
 
 def _sqlite_file_exists(url: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -43,6 +44,8 @@ _ENV_FIELDS = {
     "audit_block_share": "SHENHE_AUDIT_BLOCK_SHARE",
     "undo_seconds": "SHENHE_UNDO_SECONDS",
     "session_hours": "SHENHE_SESSION_HOURS",
+    # active learning (issue 19)
+    "review_order": "SHENHE_REVIEW_ORDER",
 }
 
 LOOPBACK_HOST_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -96,6 +99,9 @@ class ServingConfig(BaseModel):
     audit_block_share: float = Field(0.02, ge=0.0, le=1.0)  # auto-blocked items queued as audit items
     undo_seconds: int = Field(60, ge=0, le=86_400)  # a reviewer may undo their decision this long
     session_hours: int = Field(12, ge=1, le=24 * 30)  # console sign-in lifetime
+    # Which open item a claim gets when it does not say: the oldest ("age") or the one whose scores came
+    # closest to a threshold ("uncertainty": active learning, the labels that teach the model most).
+    review_order: Literal["age", "uncertainty"] = "age"
 
     def host_names(self) -> frozenset[str] | None:
         """The allowed ``Host`` names (lower case, no port); None = any."""

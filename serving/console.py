@@ -27,8 +27,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from shenhe.models.policy import CATEGORY_SLUGS
+from shenhe.models.stats import wilson
 from shenhe.serving.auth import ANONYMOUS, AuthFailure, Principal, digest, presented_key
-from shenhe.serving.live_precision import MIN_FLAG_SAMPLES, for_runtime, wilson
+from shenhe.serving.live_precision import MIN_FLAG_SAMPLES, for_runtime
 from shenhe.serving.queue import ClaimedItem, ReviewNotFound
 
 if TYPE_CHECKING:
@@ -54,7 +55,9 @@ CATEGORY_NAMES_ZH: dict[str, str] = {
 }
 BAND_NAMES_ZH = {"review": "送审区", "block": "拦截区"}
 KIND_NAMES_ZH = {"review": "模型送审", "audit": "拦截抽检", "second": "二次复核"}
-ACTION_NAMES_ZH = {"claim": "领取", "release": "放回", "decide": "判定", "undo": "撤销"}
+ACTION_NAMES_ZH = {"claim": "领取", "release": "放回", "decide": "判定", "undo": "撤销", "ask_opinion": "再次复核"}
+# Claim orders the console offers (the first is selected unless the server's review_order is uncertainty).
+CONSOLE_ORDERS = {"oldest": "最早优先", "newest": "最新优先", "uncertainty": "最不确定优先"}
 _SWAGGER_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
 _STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -200,7 +203,8 @@ async def review_page(request: Request) -> Response:
     return _html(templates.get_template("review.html").render(
         title="审核台 · shenhe", user=principal.name, is_admin=principal.may("admin"),
         keys_enabled=runtime.keys.enabled, categories=_categories_ctx(), bands=BAND_NAMES_ZH,
-        undo_seconds=runtime.config.undo_seconds))
+        undo_seconds=runtime.config.undo_seconds, orders=CONSOLE_ORDERS,
+        default_order="uncertainty" if runtime.config.review_order == "uncertainty" else "oldest"))
 
 
 @router.get("/review/admin")
@@ -277,7 +281,7 @@ class ClaimIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     category: StrictStr | None = None
     band: StrictStr | None = None
-    order: StrictStr = "oldest"
+    order: StrictStr | None = None  # oldest | newest | uncertainty; None: the server's review_order
     skip: list[StrictStr] = Field(default_factory=list, max_length=200)
 
 
@@ -349,11 +353,13 @@ async def claim(request: Request) -> Response:
         raise api.ApiError(400, "invalid_category", f"unknown category {body.category!r}")
     if body.band is not None and body.band not in BAND_NAMES_ZH:
         raise api.ApiError(400, "invalid_band", f"unknown band {body.band!r}; expected review or block")
-    if body.order not in ("oldest", "newest"):
-        raise api.ApiError(400, "invalid_order", f"unknown order {body.order!r}; expected oldest or newest")
+    order = body.order or ("uncertainty" if runtime.config.review_order == "uncertainty" else "oldest")
+    if order not in CONSOLE_ORDERS:
+        raise api.ApiError(400, "invalid_order",
+                           f"unknown order {order!r}; expected {', '.join(CONSOLE_ORDERS)}")
     item = await anyio.to_thread.run_sync(lambda: runtime.store.claim(
         runtime.config.lease_seconds, principal.name, category=body.category, band=body.band,
-        newest_first=body.order == "newest", skip=body.skip))
+        order=order, skip=body.skip))
     if item is None:
         return Response(status_code=204)
     request.state.log_fields["review_id"] = item.review_id

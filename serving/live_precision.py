@@ -16,7 +16,6 @@ admin page, in ``/metrics`` (``shenhe_live_precision_below_target``) and in the 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import Counter
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 
 from shenhe.models.policy import CATEGORY_SLUGS, Policy
+from shenhe.models.stats import wilson
 from shenhe.serving.logging import log_event
 from shenhe.serving.queue import NewReviewItem, ReviewStore, dedup_key, sampled
 
@@ -34,22 +34,10 @@ if TYPE_CHECKING:
     from shenhe.models.types import Prediction
     from shenhe.serving.runtime import Runtime
 
-Z95 = 1.959963984540054
 MIN_FLAG_SAMPLES = 10  # fewer audited blocks than this: too few to raise a flag
 CACHE_SECONDS = 10.0
 TRAFFIC_FLUSH_SECONDS = 5.0
 BANDS = ("block", "review")
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of k successes in n trials ((0, 1) when n = 0)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True, slots=True)

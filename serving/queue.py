@@ -11,7 +11,10 @@ Guarantees:
   the reviewer recorded is the authenticated key's name, and every claim, release, decision and undo
   is a row of ``shenhe_review_audit`` written in the same transaction.
 - Item kinds: ``review`` (the model asked for it), ``audit`` (a sampled auto-block, for measuring block
-  precision) and ``second`` (a second opinion on a decided item, for a different reviewer).
+  precision) and ``second`` (another opinion on a decided item, for a different reviewer: a sampled second
+  opinion, or a third one asked for when two reviewers disagree, see :meth:`ReviewStore.ask_opinion`).
+- Claim order: by age (oldest first, the default) or by uncertainty (the item whose scores came closest
+  to a threshold first: ``margin``, stored at enqueue, see ``Policy.threshold_margin``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -113,6 +117,9 @@ review_items = Table(
     Column("parent_seq", _Seq),  # kind=second: the item whose decision is being checked
     Column("exclude_reviewer", NulSafeText()),  # kind=second: the first reviewer may not claim it
     Column("lease_holder", NulSafeText()),  # key name of the live lease's holder
+    # Added for active learning and retraining (issue 19).
+    Column("margin", Float),  # distance of the scores to the nearest threshold at enqueue (None: unknown)
+    Column("exclude_others", NulSafeText()),  # kind=second: more reviewers who may not claim it, see _names_field
     Index("ix_shenhe_review_items_state_seq", "state", "seq"),
 )
 
@@ -122,7 +129,13 @@ _ADDED_COLUMNS: dict[str, tuple[str, str | None]] = {
     "parent_seq": ("BIGINT", None),
     "exclude_reviewer": ("TEXT", None),
     "lease_holder": ("TEXT", None),
+    "margin": ("FLOAT", None),
+    "exclude_others": ("TEXT", None),
 }
+
+# Claim orders: the API's and the config's names (the console also offers "newest").
+REVIEW_ORDERS = ("age", "uncertainty")
+_SEP = "\x1f"  # separates names in exclude_others (a control character no key name contains)
 
 review_audit = Table(
     "shenhe_review_audit",
@@ -130,7 +143,7 @@ review_audit = Table(
     Column("id", _Seq, primary_key=True, autoincrement=True),
     Column("at", DateTime, nullable=False),
     Column("actor", NulSafeText(), nullable=False),  # the API key's name
-    Column("action", String(16), nullable=False),  # claim | release | decide | undo
+    Column("action", String(16), nullable=False),  # claim | release | decide | undo | ask_opinion
     Column("review_id", String(32), nullable=False),
     Column("detail", JSON, nullable=False),
     Index("ix_shenhe_review_audit_review_id", "review_id"),
@@ -205,6 +218,11 @@ def _aware(dt: datetime) -> datetime:
     return dt.replace(tzinfo=UTC)
 
 
+def _naive_utc(dt: datetime) -> datetime:
+    """A time for a comparison with stored (naive UTC) times; a naive argument is taken as UTC."""
+    return dt.astimezone(UTC).replace(tzinfo=None) if dt.tzinfo is not None else dt
+
+
 def dedup_key(caller_id: str | None, text_: str) -> str:
     h = hashlib.sha256()
     h.update(b"1" if caller_id is not None else b"0")
@@ -221,6 +239,7 @@ class NewReviewItem:
     prediction: Prediction
     request_id: str | None = None
     kind: str = "review"  # review | audit (a sampled auto-block)
+    margin: float | None = None  # Policy.threshold_margin of the scores (the uncertainty order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +288,31 @@ class QueueCounts:
         return self.open + self.claimed + self.decided
 
 
+@dataclass(frozen=True, slots=True)
+class Opinion:
+    """One reviewer's decided labels on an item (the item's own decision, or another opinion on it)."""
+
+    review_id: str
+    reviewer: str | None
+    labels: list[str]  # known slugs in Article 9 order, then any unknown label as stored
+    decided_at: datetime  # UTC
+
+
+@dataclass(frozen=True, slots=True)
+class DecidedReview:
+    """A decided item with every decided opinion on it (its own first) and the opinions still open."""
+
+    review_id: str
+    text: str
+    opinions: list[Opinion]
+    pending: list[str]  # review ids of open opinion items on it
+
+    @property
+    def id(self) -> str:
+        """The corpus id `shenhe review export` writes for it."""
+        return f"review:{self.review_id}"
+
+
 def sampled(key: str, share: float) -> bool:
     """A deterministic draw: the same key always gets the same answer (a retried request is sampled
     the same way), and a share of the keys gets True."""
@@ -282,6 +326,44 @@ def sampled(key: str, share: float) -> bool:
 
 def _ordered_labels(labels: Sequence[str]) -> list[str]:
     return [s for s in CATEGORY_SLUGS if s in set(labels)]
+
+
+def _stored_labels(labels: Any) -> list[str]:
+    """Labels as stored, known slugs in Article 9 order, then anything else (written by an older version or
+    by hand) as text, so a reader can report it instead of losing it."""
+    if not isinstance(labels, list):
+        return [] if labels is None else [str(labels)]
+    known = _ordered_labels([x for x in labels if isinstance(x, str)])
+    return known + sorted({str(x) for x in labels if x not in CATEGORY_SLUGS})
+
+
+def _names_field(names: Sequence[str]) -> str | None:
+    """Reviewer names stored in one text column, each enclosed by separators (matched with LIKE)."""
+    names = [n for n in dict.fromkeys(names) if n]
+    return _SEP + _SEP.join(names) + _SEP if names else None
+
+
+def _claimable_by(actor: str) -> Any:
+    """The condition that ``actor`` may claim an item: not a reviewer excluded from giving this opinion."""
+    t = review_items
+    return and_(or_(t.c.exclude_reviewer.is_(None), t.c.exclude_reviewer != actor),
+                or_(t.c.exclude_others.is_(None), ~t.c.exclude_others.contains(_SEP + actor + _SEP, autoescape=True)))
+
+
+def _excluded(row: Any, reviewer: str) -> bool:
+    others = row["exclude_others"] or ""
+    return row["exclude_reviewer"] == reviewer or (_SEP + reviewer + _SEP) in others
+
+
+def _order_by(order: str) -> list[Any]:
+    t = review_items
+    if order in ("age", "oldest"):
+        return [t.c.seq]
+    if order == "newest":
+        return [t.c.seq.desc()]
+    if order == "uncertainty":  # unknown margins last (items queued before margins were stored)
+        return [case((t.c.margin.is_(None), 1), else_=0), t.c.margin, t.c.seq]
+    raise QueueError(f"unknown claim order {order!r}; expected age, newest or uncertainty")
 
 
 def _create_private_file(path: Path) -> None:
@@ -453,6 +535,7 @@ class ReviewStore:
                 "state": "open",
                 "claims": 0,
                 "kind": item.kind,
+                "margin": None if item.margin is None else float(item.margin),
             })
         if rows:
             _insert_ignoring_duplicates(conn, rows)
@@ -476,14 +559,18 @@ class ReviewStore:
         return Enqueued([found[k] for k in keys], new)
 
     def claim(self, lease_seconds: int, actor: str = "anonymous", *, category: str | None = None,
-              band: str | None = None, newest_first: bool = False, skip: Sequence[str] = ()) -> ClaimedItem | None:
-        """Lease the oldest open item (None when there is none) to ``actor`` (an API key's name).
+              band: str | None = None, newest_first: bool = False, skip: Sequence[str] = (),
+              order: str = "age") -> ClaimedItem | None:
+        """Lease the next open item (None when there is none) to ``actor`` (an API key's name): the oldest
+        (``order="age"``), the newest (``"newest"``, or ``newest_first``), or the one whose scores came
+        closest to a threshold (``"uncertainty"``; ties and unknown margins by age).
         ``category``/``band`` (the model's decision: review or block) filter; ``skip`` leaves out items
-        the reviewer just released. A second-opinion item is never handed to its first reviewer."""
+        the reviewer just released. An opinion item is never handed to a reviewer who already gave one."""
         now = utcnow()
         t = review_items
+        ordering = _order_by("newest" if newest_first else order)
         cond = [t.c.state == "open", or_(t.c.lease_expires_at.is_(None), t.c.lease_expires_at <= now),
-                or_(t.c.exclude_reviewer.is_(None), t.c.exclude_reviewer != actor)]
+                _claimable_by(actor)]
         if category is not None:
             cond.append(t.c.seq.in_(select(review_categories.c.seq).where(review_categories.c.category == category)))
         if band is not None:
@@ -494,7 +581,7 @@ class ReviewStore:
             with self.engine.begin() as conn:
                 row = conn.execute(
                     select(t).where(*cond)
-                    .order_by(t.c.seq.desc() if newest_first else t.c.seq)
+                    .order_by(*ordering)
                     .limit(1)
                     .with_for_update(skip_locked=True)
                 ).mappings().first()
@@ -570,7 +657,7 @@ class ReviewStore:
                 if lease_live and lease_token != row["lease_token"]:
                     raise ReviewLeased(f"review item {review_id} is leased to another reviewer until "
                                        f"{_aware(row['lease_expires_at']).isoformat()}; claim it again after that")
-                if row["kind"] == "second" and row["exclude_reviewer"] == reviewer:
+                if row["kind"] == "second" and _excluded(row, reviewer):
                     raise ReviewConflict(f"review item {review_id} asks for a second opinion: "
                                          "a different reviewer must decide it")
                 conn.execute(update(t).where(t.c.seq == row["seq"]).values(
@@ -601,6 +688,45 @@ class ReviewStore:
         if cats:
             conn.execute(insert(review_categories), [{"seq": seq, "category": c} for c in cats])
         return rid
+
+    def ask_opinion(self, review_id: str, actor: str, reason: str = "") -> tuple[str, bool]:
+        """Put a decided item back in the queue for another reviewer's opinion (e.g. a third one when two
+        reviewers disagree): an open ``second`` item that none of the reviewers who already decided it may
+        claim. Idempotent: while such an item is open, its id is returned. Returns (review id, created)."""
+        now = utcnow()
+        t = review_items
+        try:
+            with self.engine.begin() as conn:
+                row = _locked_item(conn, review_id)
+                if row["kind"] == "second":
+                    raise QueueError(f"review item {review_id} is itself an opinion on another item; ask on that one")
+                if row["state"] != "decided":
+                    raise ReviewConflict(f"review item {review_id} is not decided yet")
+                children = conn.execute(select(t.c.review_id, t.c.state, t.c.reviewer).where(
+                    t.c.parent_seq == row["seq"], t.c.kind == "second").order_by(t.c.seq)).tuples().all()
+                open_ = [rid for rid, state, _ in children if state == "open"]
+                if open_:
+                    return open_[0], False
+                reviewers = [row["reviewer"], *(who for _, state, who in children if state == "decided")]
+                rid = uuid.uuid4().hex
+                copy = {c.name: row[c.name] for c in t.columns if c.name != "seq"}
+                copy.update(review_id=rid,
+                            dedup_key=hashlib.sha256(f"opinion:{row['review_id']}:{len(children) + 1}".encode()).hexdigest(),
+                            created_at=now, state="open", lease_token=None, lease_expires_at=None, lease_holder=None,
+                            claims=0, labels=None, reviewer=None, note=None, decided_at=None, kind="second",
+                            parent_seq=row["seq"], exclude_reviewer=row["reviewer"],
+                            exclude_others=_names_field([r for r in reviewers[1:] if r]))
+                seq = conn.execute(insert(t).values(**copy).returning(t.c.seq)).scalar_one()
+                cats = list(dict.fromkeys(row["categories"] or []))
+                if cats:
+                    conn.execute(insert(review_categories), [{"seq": seq, "category": c} for c in cats])
+                self._audit(conn, now, actor, "ask_opinion", review_id,
+                            {"opinion": rid, "exclude": [r for r in reviewers if r], "reason": reason[:500]})
+        except QueueError:
+            raise
+        except SQLAlchemyError as e:
+            raise QueueUnavailable(f"review queue unavailable ({e.__class__.__name__})") from None
+        return rid, True
 
     def undo(self, review_id: str, actor: str, grace_seconds: int, lease_seconds: int) -> ClaimedItem:
         """Take back ``actor``'s own decision within ``grace_seconds``: the item is open again and leased
@@ -672,16 +798,17 @@ class ReviewStore:
             out[cat] = QueueCounts(int(o), int(c), int(d))
         return out
 
-    def iter_decided(self, page: int = 1000) -> Iterator[dict[str, Any]]:
+    def iter_decided(self, page: int = 1000, since: datetime | None = None) -> Iterator[dict[str, Any]]:
         """Decided items in queue order, as corpus records (``source: review``); second opinions are
-        not repeated (the admin page reports agreement)."""
+        not repeated (the admin page reports agreement). ``since`` (UTC): only items decided at or after it."""
         t = review_items
         last = 0
+        extra = [] if since is None else [t.c.decided_at >= _naive_utc(since)]
         while True:
             with self.engine.connect() as conn:
                 rows = conn.execute(
                     select(t.c.seq, t.c.review_id, t.c.text, t.c.labels)
-                    .where(t.c.state == "decided", t.c.seq > last, t.c.kind != "second")
+                    .where(t.c.state == "decided", t.c.seq > last, t.c.kind != "second", *extra)
                     .order_by(t.c.seq).limit(page)
                 ).mappings().all()
             if not rows:
@@ -690,6 +817,47 @@ class ReviewStore:
                 yield {"id": f"review:{r['review_id']}", "text": r["text"],
                        "labels": _ordered_labels(r["labels"] or []), "source": "review"}
             last = rows[-1]["seq"]
+
+    def decided_reviews(self, since: datetime | None = None, page: int = 1000) -> Iterator[DecidedReview]:
+        """Decided items (not opinion items) in queue order, each with every decided opinion on it and
+        the ids of opinions still open. ``since`` (UTC): items whose decision, or an opinion on them, was
+        given at or after it (incremental retraining)."""
+        t = review_items
+        cond: list[Any] = [t.c.state == "decided", t.c.kind != "second"]
+        if since is not None:
+            at = _naive_utc(since)
+            recent_opinion = select(t.c.parent_seq).where(t.c.kind == "second", t.c.state == "decided",
+                                                          t.c.decided_at >= at)
+            cond.append(or_(t.c.decided_at >= at, t.c.seq.in_(recent_opinion.scalar_subquery())))
+        last = 0
+        try:
+            while True:
+                with self.engine.connect() as conn:
+                    rows = conn.execute(
+                        select(t.c.seq, t.c.review_id, t.c.text, t.c.labels, t.c.reviewer, t.c.decided_at)
+                        .where(t.c.seq > last, *cond).order_by(t.c.seq).limit(page)
+                    ).mappings().all()
+                    if not rows:
+                        return
+                    children = conn.execute(
+                        select(t.c.parent_seq, t.c.review_id, t.c.state, t.c.labels, t.c.reviewer, t.c.decided_at)
+                        .where(t.c.kind == "second", t.c.parent_seq > last, t.c.parent_seq <= rows[-1]["seq"])
+                        .order_by(t.c.seq)
+                    ).mappings().all()
+                by_parent: dict[int, list[Any]] = {}
+                for c in children:
+                    by_parent.setdefault(c["parent_seq"], []).append(c)
+                for r in rows:
+                    kids = by_parent.get(r["seq"], [])
+                    opinions = [Opinion(r["review_id"], r["reviewer"], _stored_labels(r["labels"]),
+                                        _aware(r["decided_at"]))]
+                    opinions += [Opinion(c["review_id"], c["reviewer"], _stored_labels(c["labels"]),
+                                         _aware(c["decided_at"])) for c in kids if c["state"] == "decided"]
+                    yield DecidedReview(r["review_id"], r["text"], opinions,
+                                        [c["review_id"] for c in kids if c["state"] != "decided"])
+                last = rows[-1]["seq"]
+        except SQLAlchemyError as e:
+            raise QueueUnavailable(f"review queue unavailable ({e.__class__.__name__})") from None
 
     def get(self, review_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -712,7 +880,7 @@ class ReviewStore:
                     select(rc.c.category, t.c.decision, func.count(), func.min(t.c.created_at))
                     .select_from(rc.join(t))
                     .where(t.c.state == "open", or_(t.c.lease_expires_at.is_(None), t.c.lease_expires_at <= now),
-                           or_(t.c.exclude_reviewer.is_(None), t.c.exclude_reviewer != actor))
+                           _claimable_by(actor))
                     .group_by(rc.c.category, t.c.decision)
                 ).tuples().all()
         except SQLAlchemyError as e:

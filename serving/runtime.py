@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import anyio
@@ -174,6 +174,9 @@ class Runtime:
         return self.store.ping()
 
     async def enqueue(self, items: list[NewReviewItem]) -> list[str]:
+        policy = self.predictor.policy  # the uncertainty order: how close the scores came to a threshold
+        items = [i if i.margin is not None else replace(i, margin=policy.threshold_margin(i.prediction.scores))
+                 for i in items]
         result = await anyio.to_thread.run_sync(self.store.enqueue, items)
         self.metrics.review_enqueued.inc(result.new)
         return result.review_ids

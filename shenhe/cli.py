@@ -38,6 +38,7 @@ for _module in (
     "shenhe.classify_cli",
     "shenhe.serving.cli",
     "shenhe.eval.cli",
+    "shenhe.retrain_cli",
 ):
     _register(_module)
 

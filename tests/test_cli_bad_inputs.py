@@ -39,6 +39,12 @@ CASES: list[tuple[str, ...]] = [
     ("encoder", "import", "--out", "{t}/enc", "--corpus", "{t}/nope.txt"),
     ("review", "export", "--out", "{t}/x.jsonl", "--db-url", "nosuchdb://x"),
     ("review", "export", "--out", "{t}/x.jsonl", "--db-url", "sqlite:///{t}/nope/q.db"),
+    ("review", "export", "--out", "{t}/x.jsonl", "--since", "last tuesday"),
+    ("retrain", "--from-reviews", "{t}/nope.jsonl", "--out", "{t}/r", "--base-bundle", "{t}/nope"),
+    ("retrain", "--from-reviews", "{t}/nope.jsonl", "--out", "{t}/r", "--eval-data", "{t}/bad.jsonl"),
+    ("retrain", "--from-reviews", "{t}/bad.jsonl", "--out", "{t}/r", "--eval-data", "{t}/bad.jsonl"),
+    ("retrain", "--from-reviews", "sqlite:///{t}/nope/q.db", "--out", "{t}/r", "--eval-data", "{t}/bad.jsonl"),
+    ("retrain", "--from-reviews", "sqlite:///{t}/nope/q.db", "--out", "{t}/r", "--since", "soon"),
 ]
 
 

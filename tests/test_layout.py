@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("models", "training", "serving", "eval")
-CLI_MODULES = ("shenhe.cli", "shenhe.classify_cli")
+CLI_MODULES = ("shenhe.cli", "shenhe.classify_cli", "shenhe.retrain_cli")
 # Folders whose code is part of the project (imports checked); .venv, data and runs are not.
 CODE_DIRS = (*LAYERS, "shenhe", "tests", "bench", "scripts")
 

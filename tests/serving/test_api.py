@@ -368,6 +368,26 @@ def test_bad_lease_seconds_is_400(server: ServerProcess) -> None:
         assert_error(r, 400, "invalid_request")
 
 
+def test_claim_by_uncertainty_on_the_live_service(server: ServerProcess, store: ReviewStore) -> None:
+    drain(server)
+    texts = [f"{INSULT} {uid()}", f"废物一个 {uid()}", f"你才是傻逼吧 {uid()}"]
+    ids = [i["review_id"] for i in classify(server, [{"text": t} for t in texts]).json()["items"]]
+    margins = {rid: store.get(rid)["margin"] for rid in ids}
+    assert all(m is not None and 0 <= m <= 1 for m in margins.values())  # stored at enqueue
+    first = httpx.get(f"{server.url}/v1/review/next", params={"order": "uncertainty"}, headers=auth("review"))
+    assert first.status_code == 200 and first.json()["review_id"] == min(ids, key=lambda r: (margins[r], ids.index(r)))
+    rest = [r for r in ids if r != first.json()["review_id"]]
+    second = httpx.get(f"{server.url}/v1/review/next", params={"order": "age"}, headers=auth("review"))
+    assert second.json()["review_id"] == rest[0]
+    assert_error(httpx.get(f"{server.url}/v1/review/next", params={"order": "newest-ish"}, headers=auth("review")),
+                 400, "invalid_request")
+    for claimed in (first.json(), second.json()):  # leave nothing leased behind
+        d = httpx.post(f"{server.url}/v1/review/{claimed['review_id']}", headers=auth("review"),
+                       json={"labels": {}, "lease_token": claimed["lease_token"]})
+        assert d.status_code == 200, d.text
+    drain(server)
+
+
 def test_review_export_writes_decided_items_in_corpus_format(server: ServerProcess, tmp_path: Path) -> None:
     text = f"{INSULT} #{uid()}"
     rid = classify(server, [{"id": "exp", "text": text}]).json()["items"][0]["review_id"]

@@ -88,3 +88,34 @@ def test_keyless_app_refuses_non_loopback_clients(tiny_bundle: Path, serving_fil
     finally:
         app.state.runtime = None
         runtime.close()
+
+
+def test_review_export_since_for_incremental_retraining(tmp_path: Path) -> None:
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from shenhe.serving.queue import ReviewStore, review_items
+    from tests.serving.test_queue import item
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    store = ReviewStore(url)
+    store.create_schema()
+    old, new = store.enqueue([item("o", "上周的"), item("n", "今天的")]).review_ids
+    store.decide(old, ["rumor"], "alice")
+    store.decide(new, [], "alice")
+    with store.engine.begin() as conn:
+        conn.execute(update(review_items).where(review_items.c.review_id == old).values(
+            decided_at=datetime.now(UTC).replace(tzinfo=None) - timedelta(days=7)))
+    store.close()
+    out = tmp_path / "since.jsonl"
+    cut = (datetime.now(UTC) - timedelta(days=1)).astimezone().isoformat()  # a local time with its zone
+    proc = run_cli("review", "export", "--out", str(out), "--db-url", url, "--since", cut)
+    assert proc.returncode == 0, proc.stderr
+    assert [json.loads(line)["id"] for line in out.read_text(encoding="utf-8").splitlines()] == [f"review:{new}"]
+    assert "wrote 1 decided item(s)" in proc.stderr and "decided since" in proc.stderr
+    proc = run_cli("review", "export", "--out", str(out), "--db-url", url)  # without --since: everything
+    assert proc.returncode == 0 and len(out.read_text(encoding="utf-8").splitlines()) == 2
+    assert_one_line_error(run_cli("review", "export", "--out", str(out), "--db-url", url, "--since", "tuesday"),
+                          "--since 'tuesday' is not an ISO 8601 time")

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from shenhe.models.policy import CATEGORY_SLUGS, load_policy
-from shenhe.serving.live_precision import MIN_FLAG_SAMPLES, estimate, metrics_text, wilson
+from shenhe.models.stats import wilson
+from shenhe.serving.live_precision import MIN_FLAG_SAMPLES, estimate, metrics_text
 from shenhe.serving.queue import sampled
 
 

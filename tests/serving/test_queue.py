@@ -35,8 +35,10 @@ def prediction(categories: list[str] | None = None) -> Prediction:
     )
 
 
-def item(caller: str | None, text_: str, categories: list[str] | None = None) -> NewReviewItem:
-    return NewReviewItem(caller_id=caller, text=text_, prediction=prediction(categories), request_id="req-1")
+def item(caller: str | None, text_: str, categories: list[str] | None = None,
+         margin: float | None = None) -> NewReviewItem:
+    return NewReviewItem(caller_id=caller, text=text_, prediction=prediction(categories), request_id="req-1",
+                         margin=margin)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -280,9 +282,112 @@ def test_sqlite_file_is_created_owner_only(tmp_path: Path) -> None:
 
 def test_an_old_database_gains_the_new_columns(store: ReviewStore) -> None:
     with store.engine.begin() as conn:
-        for col in ("kind", "parent_seq", "exclude_reviewer", "lease_holder"):
+        for col in ("kind", "parent_seq", "exclude_reviewer", "lease_holder", "margin", "exclude_others"):
             conn.exec_driver_sql(f"ALTER TABLE shenhe_review_items DROP COLUMN {col}")
     store.create_schema()  # what every start does
     store.create_schema()  # and again: idempotent
     store.enqueue([item("old", "旧库")])
     assert store.claim(60, "a").kind == "review"
+
+
+# ---- active learning and retraining (issue 19) -------------------------------------------------------
+
+
+def test_claim_by_uncertainty_serves_the_closest_to_a_threshold_first(store: ReviewStore) -> None:
+    ids = store.enqueue([item("u1", "远", margin=0.30), item("u2", "近", margin=0.01), item("u3", "未知"),
+                         item("u4", "中", margin=0.12), item("u5", "也近", margin=0.01)]).review_ids
+    got = [store.claim(600, "a", order="uncertainty").review_id for _ in range(5)]
+    assert got == [ids[1], ids[4], ids[3], ids[0], ids[2]]  # ties by age, unknown margins last
+    assert store.claim(600, "a", order="uncertainty") is None
+    with pytest.raises(QueueError):
+        store.claim(600, "a", order="random")
+
+
+def test_claim_by_age_is_the_default_whatever_the_margins(store: ReviewStore) -> None:
+    ids = store.enqueue([item("a1", "甲", margin=0.9), item("a2", "乙", margin=0.0)]).review_ids
+    assert store.claim(600, "a").review_id == ids[0]
+    assert store.claim(600, "a", order="age").review_id == ids[1]
+    assert store.get(ids[1])["margin"] == pytest.approx(0.0)
+
+
+def test_export_since_takes_items_decided_at_or_after(store: ReviewStore) -> None:
+    ids = store.enqueue([item("s1", "早"), item("s2", "晚")]).review_ids
+    store.decide(ids[0], ["rumor"], "alice")
+    with store.engine.begin() as conn:  # decided a day ago
+        conn.execute(update(review_items).where(review_items.c.review_id == ids[0]).values(
+            decided_at=datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)))
+    cut = datetime.now(UTC) - timedelta(hours=1)
+    store.decide(ids[1], [], "alice")
+    assert [r["id"] for r in store.iter_decided()] == [f"review:{ids[0]}", f"review:{ids[1]}"]
+    assert [r["id"] for r in store.iter_decided(since=cut)] == [f"review:{ids[1]}"]
+    exact = store.get(ids[1])["decided_at"]  # "at or after": the item decided at the cut is in
+    assert [r["id"] for r in store.iter_decided(since=exact)] == [f"review:{ids[1]}"]
+    assert [r.review_id for r in store.decided_reviews(since=cut)] == [ids[1]]
+
+
+def test_a_conflict_goes_back_for_a_third_opinion_none_of_the_first_two_may_give(store: ReviewStore) -> None:
+    (rid,) = store.enqueue([item("c", "你这个废物")]).review_ids
+    store.decide(rid, ["insult_defamation"], "alice", second_opinion_share=1.0)
+    second = store.claim(600, "bob")
+    assert second is not None and second.kind == "second"
+    store.decide(second.review_id, [], "bob", lease_token=second.lease_token)
+    (reviewed,) = store.decided_reviews()
+    assert [(o.reviewer, o.labels) for o in reviewed.opinions] == [("alice", ["insult_defamation"]), ("bob", [])]
+    assert reviewed.pending == [] and reviewed.id == f"review:{rid}"
+
+    third_id, created = store.ask_opinion(rid, "shenhe retrain", reason="conflict")
+    assert created and store.ask_opinion(rid, "shenhe retrain") == (third_id, False)  # asked once while open
+    assert next(iter(store.decided_reviews())).pending == [third_id]
+    assert store.claim(600, "alice") is None and store.claim(600, "bob") is None
+    assert [r["category"] for r in store.overview("bob")] == [] and store.overview("carol")[0]["open"] == 1
+    with pytest.raises(ReviewConflict):
+        store.decide(third_id, [], "bob")  # excluded reviewers cannot decide it either
+    third = store.claim(600, "carol")
+    assert third is not None and third.review_id == third_id and third.kind == "second"
+    store.decide(third_id, [], "carol", lease_token=third.lease_token)
+    (reviewed,) = store.decided_reviews()
+    assert [o.reviewer for o in reviewed.opinions] == ["alice", "bob", "carol"] and reviewed.pending == []
+    asked = store.audit_log(review_id=rid)[0]  # newest first
+    assert asked["action"] == "ask_opinion" and asked["actor"] == "shenhe retrain"
+    assert asked["detail"]["exclude"] == ["alice", "bob"] and asked["detail"]["opinion"] == third_id
+    assert [r["id"] for r in store.iter_decided()] == [f"review:{rid}"]  # the export still holds it once
+    # an opinion given after a cut brings its item into an incremental read
+    with store.engine.begin() as conn:
+        conn.execute(update(review_items).where(review_items.c.review_id == rid).values(
+            decided_at=datetime.now(UTC).replace(tzinfo=None) - timedelta(days=2)))
+    assert [r.review_id for r in store.decided_reviews(since=datetime.now(UTC) - timedelta(hours=1))] == [rid]
+
+
+def test_ask_opinion_refusals(store: ReviewStore) -> None:
+    (rid,) = store.enqueue([item("r", "未决")]).review_ids
+    with pytest.raises(ReviewConflict):
+        store.ask_opinion(rid, "x")  # not decided yet
+    with pytest.raises(ReviewNotFound):
+        store.ask_opinion("0" * 32, "x")
+    store.decide(rid, [], "alice")
+    third, _ = store.ask_opinion(rid, "x")
+    with pytest.raises(QueueError):
+        store.ask_opinion(third, "x")  # an opinion item itself
+
+
+def test_reviewer_names_with_like_wildcards_are_excluded_exactly(store: ReviewStore) -> None:
+    (rid,) = store.enqueue([item("w", "通配")]).review_ids
+    store.decide(rid, ["rumor"], "a%b", second_opinion_share=1.0)
+    c = store.claim(600, "x_y")
+    store.decide(c.review_id, [], "x_y", lease_token=c.lease_token)
+    store.ask_opinion(rid, "x")
+    assert store.claim(600, "x_y") is None and store.claim(600, "a%b") is None
+    assert store.claim(600, "xzy") is not None  # "_" is not a wildcard here
+
+
+def test_decided_reviews_pages_keep_each_items_opinions(store: ReviewStore) -> None:
+    ids = store.enqueue([item(f"p{i}", f"分页{i}") for i in range(5)]).review_ids
+    for rid in ids:
+        store.decide(rid, ["rumor"], "alice", second_opinion_share=1.0)
+    for _ in ids[:3]:
+        c = store.claim(600, "bob")
+        store.decide(c.review_id, [], "bob", lease_token=c.lease_token)
+    whole = list(store.decided_reviews())
+    assert list(store.decided_reviews(page=1)) == list(store.decided_reviews(page=2)) == whole
+    assert [r.review_id for r in whole] == ids
+    assert [len(r.opinions) for r in whole] == [2, 2, 2, 1, 1] and [len(r.pending) for r in whole] == [0, 0, 0, 1, 1]

@@ -117,6 +117,12 @@ def test_the_loss_mixes_the_teachers_scores_and_the_gold_labels() -> None:
     moved = student.clone()
     moved[:, 7:] += 5.0
     assert torch.allclose(_loss(student, teacher, gold, gw, mask=mask), _loss(moved, teacher, gold, gw, mask=mask))
+    # Sample weights (reviewer rows weigh more) scale each window's loss.
+    from shenhe.training.finetune.distill import distill_loss
+
+    plain = distill_loss(student, teacher, gold, gw, mask, pos, 0.7, 2.0)
+    assert torch.allclose(distill_loss(student, teacher, gold, gw, mask, pos, 0.7, 2.0, torch.ones(b)), plain)
+    assert torch.allclose(distill_loss(student, teacher, gold, gw, mask, pos, 0.7, 2.0, torch.full((b,), 2.0)), 2 * plain)
     # The teacher term's gradient: T * (sigmoid(student / T) - sigmoid(teacher / T)) per window and category
     # (T² keeps its size comparable across temperatures).
     z = student.clone().requires_grad_(True)

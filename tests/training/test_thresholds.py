@@ -74,10 +74,16 @@ def test_the_worst_source_decides_the_block_threshold() -> None:
     b = np.array(sources) == "b"
     flagged = b & (scores >= per_source.block_threshold)
     assert labels[flagged].mean() >= 0.95 and per_source.block_precision_by_source["b"] >= 0.95
-    # a source with fewer positives than min_source_positives is not checked on its own
+    # below min_source_positives, b must only not be *significantly* below 0.95 (Wilson upper bound, >= 10
+    # blocks): a threshold between the pooled one and the full rule's, with b's point estimate under 0.95
     few = choose_operating_point("rumor", scores, labels, T.model_copy(update={"min_source_positives": 41}),
                                  sources=sources)
-    assert few.block_threshold == pooled.block_threshold and set(few.block_precision_by_source) == {"a"}
+    assert pooled.block_threshold < few.block_threshold < per_source.block_threshold
+    assert 0.8 < few.block_precision_by_source["b"] < 0.95
+    # a source with a handful of blocks is not judged at all
+    tiny = choose_operating_point("rumor", scores[:-3], labels[:-3], T.model_copy(update={"min_source_positives": 41}),
+                                  sources=sources[:-3])
+    assert tiny.block_threshold < few.block_threshold
 
 
 def test_review_load_cap_wins_over_the_recall_target() -> None:
@@ -136,6 +142,13 @@ def test_held_apart_gate_turns_blocking_off_where_a_source_fails() -> None:
     h_probs[65:70, r] = 0.1
     assert next(p for p in gate_blocks(points, h_probs, h_labels, sources, policy.targets)[0]
                 if p.slug == "rumor").auto_block
+    # a source with only 2 positives but 15 blocks (true news blocked as rumour) fails too: far below 0.95
+    z_probs, z_labels = np.zeros((15, 9)), np.zeros((15, 9))
+    z_probs[:, r], z_labels[:2, r] = 0.95, 1
+    gated, report = gate_blocks(points, np.r_[h_probs, z_probs], np.r_[h_labels, z_labels], sources + ["z"] * 15,
+                                policy.targets)
+    assert not next(p for p in gated if p.slug == "rumor").auto_block and "on z" in gated[r].note
+    assert report["rumor"]["sources"]["z"] == {"precision": 0.1333, "blocked": 15, "positives": 2}
 
 
 def test_platt_recovers_temperature_and_bias() -> None:

@@ -23,7 +23,9 @@ class DataError(ValueError):
 
 @dataclass
 class Split:
-    """One split: original texts, their normalised form, a [n, 9] 0/1 label matrix and sources."""
+    """One split: original texts, their normalised form, a [n, 9] 0/1 label matrix, sources and sample
+    weights (``weight`` in a record, default 1: a row with weight 3 counts three times as much in the
+    training loss, e.g. a reviewer's label against a public data set's, see ``shenhe retrain``)."""
 
     name: str
     ids: list[str]
@@ -31,6 +33,11 @@ class Split:
     labels: np.ndarray
     sources: list[str]
     _normalized: list[str] | None = None
+    weights: np.ndarray | None = None  # [n] float32; None: every row weighs 1
+
+    def __post_init__(self) -> None:
+        if self.weights is None:
+            self.weights = np.ones(len(self.texts), dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -44,8 +51,23 @@ class Split:
     def subset(self, index: Sequence[int]) -> Split:
         idx = list(index)
         norm = [self._normalized[i] for i in idx] if self._normalized is not None else None
+        assert self.weights is not None
         return Split(self.name, [self.ids[i] for i in idx], [self.texts[i] for i in idx],
-                     self.labels[idx], [self.sources[i] for i in idx], norm)
+                     self.labels[idx], [self.sources[i] for i in idx], norm, self.weights[idx])
+
+    def weights_by_source(self) -> dict[str, float]:
+        """The mean sample weight of each source's rows."""
+        assert self.weights is not None
+        total: dict[str, float] = {}
+        for src, w in zip(self.sources, self.weights.tolist(), strict=True):
+            total[src] = total.get(src, 0.0) + w
+        counts = Counter(self.sources)
+        return {src: round(total[src] / counts[src], 3) for src in sorted(total)}
+
+    @property
+    def weighted(self) -> bool:
+        """Whether any row weighs other than 1."""
+        return self.weights is not None and bool(np.any(self.weights != 1.0))
 
     def positives(self) -> dict[str, int]:
         return {slug: int(self.labels[:, c].sum()) for c, slug in enumerate(CATEGORY_SLUGS)}
@@ -55,11 +77,12 @@ class Split:
 
 
 def read_split(path: Path, name: str | None = None) -> Split:
-    """Read ``{"id","text","labels":[slugs],"source"}`` lines; a bad line is a one-line DataError."""
+    """Read ``{"id","text","labels":[slugs],"source","weight"?}`` lines; a bad line is a one-line DataError."""
     ids: list[str] = []
     texts: list[str] = []
     rows: list[np.ndarray] = []
     sources: list[str] = []
+    weights: list[float] = []
     index = {slug: c for c, slug in enumerate(CATEGORY_SLUGS)}
     try:
         fh = path.open(encoding="utf-8")
@@ -77,6 +100,9 @@ def read_split(path: Path, name: str | None = None) -> Split:
                     raise TypeError
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise DataError(f"{path}:{lineno}: expected a JSON object with 'text' and 'labels'") from None
+            weight = obj.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < 1e6:
+                raise DataError(f"{path}:{lineno}: 'weight' must be a positive number (got {weight!r})")
             vec = np.zeros(len(CATEGORY_SLUGS), dtype=np.float32)
             for slug in labels:
                 if slug not in index:
@@ -86,8 +112,9 @@ def read_split(path: Path, name: str | None = None) -> Split:
             texts.append(text)
             rows.append(vec)
             sources.append(str(obj.get("source", "unknown")))
+            weights.append(float(weight))
     labels_arr = np.stack(rows) if rows else np.zeros((0, len(CATEGORY_SLUGS)), dtype=np.float32)
-    return Split(name or path.stem, ids, texts, labels_arr, sources)
+    return Split(name or path.stem, ids, texts, labels_arr, sources, weights=np.asarray(weights, dtype=np.float32))
 
 
 def read_splits(data_dir: Path, require: Sequence[str] = ("train", "dev")) -> dict[str, Split]:

@@ -12,7 +12,8 @@ training/finetune/augment.py, when present) and of optional unlabelled texts, ag
 per category (Bernoulli KL: binary cross-entropy against the teacher's soft scores minus their entropy, so it
 is 0 when the student matches the teacher), masked to the teacher's trained categories. Only a labelled text's
 first window has gold labels (what ``shenhe train`` trains on); later windows and unlabelled texts take the
-teacher's term alone. The teacher's logits are computed once with onnxruntime and cached (teacher.py), so the
+teacher's term alone; a text's sample weight (``weight`` in train.jsonl) scales its windows' loss, as in
+``shenhe train``. The teacher's logits are computed once with onnxruntime and cached (teacher.py), so the
 loop runs only the student.
 
 Everything else is :class:`~shenhe.training.finetune.trainer.Trainer`: checkpoints, ``--resume``, the time
@@ -139,11 +140,13 @@ def choose_layers(n: int, k: int, layer_map: str = "spread") -> list[int]:
 # -- the loss ---------------------------------------------------------------------------------------------
 
 def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, gold: torch.Tensor, gold_weight: torch.Tensor,
-                 cat_mask: torch.Tensor, pos_weight: torch.Tensor, alpha: float, temperature: float) -> torch.Tensor:
+                 cat_mask: torch.Tensor, pos_weight: torch.Tensor, alpha: float, temperature: float,
+                 sample_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over windows and trained categories of ``w_soft * T² * KL + w_gold * BCE(gold)`` (see module doc).
 
     ``gold_weight`` [b] is 1 where a window has gold labels: there ``w_soft = alpha`` and ``w_gold = 1 - alpha``;
-    elsewhere ``w_soft = 1`` and ``w_gold = 0``. ``cat_mask`` [9] is 1 for trained categories."""
+    elsewhere ``w_soft = 1`` and ``w_gold = 0``. ``cat_mask`` [9] is 1 for trained categories. ``sample_weight``
+    [b] scales each window's loss (its text's row weight, e.g. reviewer labels above public ones)."""
     t = float(temperature)
     target = torch.sigmoid(teacher_logits.float() / t)
     entropy = -(torch.special.xlogy(target, target) + torch.special.xlogy(1.0 - target, 1.0 - target))
@@ -153,6 +156,8 @@ def distill_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, gold: torch
     w_soft = torch.where(has_gold, torch.full_like(gold_weight, alpha), torch.ones_like(gold_weight))
     w_gold = (1.0 - alpha) * gold_weight
     per = w_soft.unsqueeze(1) * soft + w_gold.unsqueeze(1) * hard
+    if sample_weight is not None:
+        per = per * sample_weight.unsqueeze(1)
     return (per * cat_mask).sum() / (cat_mask.sum() * len(logits))
 
 
@@ -198,6 +203,12 @@ def make_augmenter(args: DistillArguments) -> Any:
     return Augmenter(config, args.seed)
 
 
+def _row_weights(split: Split) -> np.ndarray:
+    """The rows' sample weights (``weight`` in train.jsonl; 1 where absent)."""
+    w = getattr(split, "weights", None)
+    return np.ones(len(split), dtype=np.float32) if w is None else np.asarray(w, dtype=np.float32)
+
+
 def _unique_rows(split: Split) -> Split:
     """The split without repeated rows (oversampling repeats them; the teacher scores each text once)."""
     first: dict[str, int] = {}
@@ -213,6 +224,7 @@ class Source:
     name: str
     texts: list[str]  # normalised
     labels: np.ndarray | None  # [n, 9] gold labels, None: unlabelled
+    weights: np.ndarray  # [n] the rows' sample weights (1: unlabelled)
     key: dict[str, Any]  # what the teacher cache key needs beyond the teacher and the windows
 
 
@@ -283,7 +295,8 @@ class DistillTrainer(Trainer):
     def _sources(self, train: Split) -> tuple[list[Source], dict[str, Any]]:
         a = self.args
         train_file = a.data / "train.jsonl"
-        sources = [Source("train", train.normalized, train.labels, {"data": files_sha256([train_file])})]
+        row_weights = _row_weights(train)
+        sources = [Source("train", train.normalized, train.labels, row_weights, {"data": files_sha256([train_file])})]
         notes: dict[str, Any] = {}
         if a.augment_copies:
             augmenter = make_augmenter(a)
@@ -297,7 +310,7 @@ class DistillTrainer(Trainer):
                         texts.append(rewrite.text)
                         rows.append(i)
             sources.append(Source("augmented", texts, train.labels[rows] if rows else train.labels[:0],
-                                  {"data": files_sha256([train_file]), "copies": a.augment_copies}))
+                                  row_weights[rows] if rows else row_weights[:0], {"data": files_sha256([train_file]), "copies": a.augment_copies}))
             notes["augmented"] = {"copies_per_text": a.augment_copies, "rewritten": len(texts),
                                   "seconds": round(time.perf_counter() - t0, 1)}
         if a.unlabelled:
@@ -321,7 +334,8 @@ class DistillTrainer(Trainer):
                     continue
                 seen.add(norm)
                 kept.append(norm)
-            sources.append(Source("unlabelled", kept, None, {"data": files_sha256(paths)}))
+            sources.append(Source("unlabelled", kept, None, np.ones(len(kept), dtype=np.float32),
+                                  {"data": files_sha256(paths)}))
             notes["unlabelled"] = {"files": [str(p) for p in paths], "texts_read": len(raw), "kept": len(kept),
                                    "dropped": dropped}
             if dropped["in_dev_test_or_holdout"]:
@@ -347,6 +361,7 @@ class DistillTrainer(Trainer):
         gold: list[np.ndarray] = []
         gold_weight: list[np.ndarray] = []
         teacher: list[np.ndarray] = []
+        sample_weight: list[np.ndarray] = []
         items: dict[str, dict[str, int]] = {}
         reports: dict[str, dict[str, Any]] = {}
         for source in sources:
@@ -368,6 +383,7 @@ class DistillTrainer(Trainer):
             gold.append(g)
             gold_weight.append(gw)
             teacher.append(logits.astype(np.float32))
+            sample_weight.append(source.weights[text_index].astype(np.float32))
             items[source.name] = {"texts": len(source.texts), "windows": len(windows), "gold_windows": int(gw.sum())}
             reports[source.name] = _report_dict(report)
         self.train_ids = ids
@@ -375,6 +391,8 @@ class DistillTrainer(Trainer):
         self.labels = torch.from_numpy(np.concatenate(gold))
         self.gold_weight = torch.from_numpy(np.concatenate(gold_weight))
         self.teacher_logits = torch.from_numpy(np.concatenate(teacher))
+        w = np.concatenate(sample_weight)  # scaled to mean 1 over the windows: the loss keeps its scale
+        self.row_weights = torch.from_numpy((w / max(float(w.mean()), 1e-12)).astype(np.float32) if len(w) else w)
         self.batches_per_epoch = math.ceil(len(ids) / a.batch_size)
         planned = a.epochs * self.batches_per_epoch
         self.total_steps = min(planned, a.max_steps) if a.max_steps else planned
@@ -409,7 +427,8 @@ class DistillTrainer(Trainer):
         a, dev = self.args, self.device
         index = torch.as_tensor(batch, dtype=torch.long)
         return distill_loss(logits, self.teacher_logits[index].to(dev), y, self.gold_weight[index].to(dev),
-                            self.loss_mask.to(dev), self.pos_weight.to(dev), a.alpha, a.temperature)
+                            self.loss_mask.to(dev), self.pos_weight.to(dev), a.alpha, a.temperature,
+                            self.row_weights[index].to(dev))
 
 
 def _report_dict(report: CacheReport) -> dict[str, Any]:

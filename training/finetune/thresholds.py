@@ -2,9 +2,10 @@
 
 Per trained category, on calibrated dev scores (the fit part of dev; ``holdout.jsonl`` is held apart):
 - ``block_threshold``: the lowest score at which precision is still >= the policy's block target overall
-  (with at least ``min_block_support`` texts above it) AND in every source with at least
-  ``targets.min_source_positives`` positives of the category: the worst source decides. None such: the
-  category never auto-blocks (review only). :func:`gate_blocks` then checks the same on held-apart rows.
+  (with at least ``min_block_support`` texts above it) AND in every source (:func:`source_checks`: one with
+  ``targets.min_source_positives`` positives must reach the target; one with many blocks must not be
+  significantly below it): the worst source decides. None such: the category never auto-blocks (review
+  only). :func:`gate_blocks` then checks the same on held-apart rows.
 - ``review_threshold``: the highest score at which recall reaches the review target, raised where needed so
   that at most ``targets.review_load_cap`` of harmless texts (no label at all) reach it: the cap wins, and
   the point records the recall it leaves.
@@ -24,8 +25,10 @@ import numpy as np
 
 from shenhe.models.decision import Thresholds
 from shenhe.models.policy import CATEGORY_SLUGS, Policy, Targets
+from shenhe.models.stats import wilson_bounds
 
 MIN_BLOCK_SUPPORT = 5
+MIN_SOURCE_BLOCKS = 10  # from this many blocks, a source whose precision is significantly low fails
 UNREACHABLE_BLOCK = 1.0
 
 
@@ -77,20 +80,39 @@ def _count_at_or_above(sorted_scores: np.ndarray, thresholds: np.ndarray) -> np.
     return len(sorted_scores) - np.searchsorted(sorted_scores, thresholds, side="left")
 
 
-def source_precision(scores: np.ndarray, labels: np.ndarray, sources: np.ndarray, thresholds: np.ndarray,
-                     min_positives: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per source with >= ``min_positives`` positives: (precision, flagged count) of ``score >= t`` for each t
-    (precision is 1.0 where nothing is flagged: a source with no blocks loses nothing)."""
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+@dataclass(frozen=True)
+class SourceCheck:
+    """One source's blocks at each candidate threshold."""
+
+    positives: int
+    precision: np.ndarray  # 1.0 where nothing is flagged: a source with no blocks loses nothing
+    flagged: np.ndarray
+    fails: np.ndarray  # bool: this source breaks the block-precision target at that threshold
+
+    def checked(self, at: int, min_positives: int) -> bool:
+        return self.positives >= min_positives or int(self.flagged[at]) >= MIN_SOURCE_BLOCKS
+
+
+def source_checks(scores: np.ndarray, labels: np.ndarray, sources: np.ndarray, thresholds: np.ndarray,
+                  targets: Targets) -> dict[str, SourceCheck]:
+    """Per source, whether blocking at each threshold keeps the precision target there. A source fails
+    where it has >= ``targets.min_source_positives`` positives and its precision is below the target, or
+    where it has >= :data:`MIN_SOURCE_BLOCKS` blocks whose precision is *significantly* below the target
+    (95% Wilson upper bound): a source with few positives but many wrong blocks (true news blocked as rumour)
+    must not be averaged away."""
+    out: dict[str, SourceCheck] = {}
     y = labels > 0
     for src in sorted(set(sources.tolist())):
         m = sources == src
-        if int(y[m].sum()) < min_positives:
-            continue
         tp = _count_at_or_above(np.sort(scores[m & y]), thresholds)
         fp = _count_at_or_above(np.sort(scores[m & ~y]), thresholds)
         flagged = tp + fp
-        out[src] = (np.where(flagged > 0, tp / np.maximum(flagged, 1), 1.0), flagged)
+        precision = np.where(flagged > 0, tp / np.maximum(flagged, 1), 1.0)
+        positives = int(y[m].sum())
+        _, upper = wilson_bounds(tp, flagged)
+        fails = ((positives >= targets.min_source_positives) & (precision < targets.block_precision)) | \
+                ((flagged >= MIN_SOURCE_BLOCKS) & (upper < targets.block_precision))
+        out[src] = SourceCheck(positives, precision, flagged, fails)
     return out
 
 
@@ -106,18 +128,18 @@ def choose_operating_point(slug: str, scores: np.ndarray, labels: np.ndarray, ta
     recall = tp / positives
     floor = targets.min_threshold
     ok = (precision >= targets.block_precision) & ((tp + fp) >= min_block_support) & (thr >= floor)
-    by_source = ({} if sources is None else
-                 source_precision(scores, labels, np.asarray(sources), thr, targets.min_source_positives))
-    for src_precision, _ in by_source.values():
-        ok &= src_precision >= targets.block_precision
+    by_source = {} if sources is None else source_checks(scores, labels, np.asarray(sources), thr, targets)
+    for check in by_source.values():
+        ok &= ~check.fails
     notes: list[str] = []
     if ok.any():
         at = int(np.flatnonzero(ok)[-1])  # lowest qualifying threshold = most recall
         block, auto_block = _floor(float(thr[at])), True
-        source_p = {src: round(float(p[at]), 4) for src, (p, _) in by_source.items()}
+        source_p = {src: round(float(c.precision[at]), 4) for src, c in by_source.items()
+                    if c.checked(at, targets.min_source_positives)}
     else:
         block, auto_block, source_p = UNREACHABLE_BLOCK, False, {}
-        worst = (" in every source with enough positives" if by_source else "")
+        worst = " in every source" if by_source else ""
         notes.append(f"dev precision never reaches {targets.block_precision:.2f}{worst}: review only, never auto-blocks")
 
     reach = np.flatnonzero(recall >= targets.review_recall)
@@ -171,11 +193,10 @@ def gate_blocks(points: list[OperatingPoint], probs: np.ndarray, labels: np.ndar
         if not (p.trained and p.auto_block):
             out.append(p)
             continue
-        measured = source_precision(probs[:, c], labels[:, c], src, np.array([p.block_threshold]),
-                                    targets.min_source_positives)
-        rows = {s: {"precision": round(float(prec[0]), 4), "blocked": int(n[0]),
-                    "positives": int(((src == s) & (labels[:, c] > 0)).sum())} for s, (prec, n) in measured.items()}
-        failed = sorted(s for s, r in rows.items() if r["blocked"] and r["precision"] < targets.block_precision)
+        checks = source_checks(probs[:, c], labels[:, c], src, np.array([p.block_threshold]), targets)
+        rows = {s: {"precision": round(float(k.precision[0]), 4), "blocked": int(k.flagged[0]),
+                    "positives": k.positives} for s, k in checks.items() if k.checked(0, targets.min_source_positives)}
+        failed = sorted(s for s, k in checks.items() if k.fails[0])
         report[p.slug] = {"sources": rows, "auto_block": not failed}
         if failed:
             worst = min(failed, key=lambda s: rows[s]["precision"])

@@ -209,6 +209,11 @@ class Trainer:
         self.train_ids = [w.ids for w in windows]
         self.train_lengths = [len(w.ids) for w in windows]
         self.labels = torch.from_numpy(self.train_split.labels)
+        # Sample weights, scaled to mean 1 over the training rows: the loss keeps its scale, and a row of
+        # weight w pulls w times as hard as a row of weight 1 (reviewer labels above public ones).
+        w = self.train_split.weights if self.train_split.weights is not None else np.ones(len(self.train_split))
+        self.row_weights = torch.from_numpy((w / max(float(w.mean()), 1e-12)).astype(np.float32)) if len(w) else \
+            torch.ones(0)
         self.pos_weight = torch.from_numpy(pos_weights(self.train_split.labels, a.pos_weight_power, a.pos_weight_max))
         self.loss_mask = torch.from_numpy(self.trained.astype(np.float32))
         self.batches_per_epoch = math.ceil(len(self.train_split) / a.batch_size)
@@ -239,6 +244,8 @@ class Trainer:
             "trainable_parameters": n_trainable,
             "parameters": n_total,
             "train_rows": unique_rows,
+            "sample_weights": ({"weighted_rows": int(np.sum(unique.weights != 1.0)),
+                                "by_source": unique.weights_by_source()} if unique.weighted else None),
             "train_rows_per_epoch": len(self.train_split),
             "oversampled": self.oversampled,
             "train_rows_available": len(full_train),
@@ -414,11 +421,13 @@ class Trainer:
         return float(loss.detach())
 
     def _batch_loss(self, logits: torch.Tensor, y: torch.Tensor, batch: list[int]) -> torch.Tensor:
-        """Masked, positive-weighted BCE against the gold labels (distill.py mixes in the teacher's scores)."""
+        """Masked, positive-weighted, sample-weighted BCE against the gold labels (distill.py mixes in the
+        teacher's scores)."""
         per = nn.functional.binary_cross_entropy_with_logits(
             logits, y, pos_weight=self.pos_weight.to(self.device), reduction="none")
         cat_mask = self.loss_mask.to(self.device)
-        return (per * cat_mask).sum() / (cat_mask.sum() * len(batch))  # untrained categories are masked
+        rows = self.row_weights[batch].to(self.device).unsqueeze(1)  # sample weights (mean 1 over train)
+        return (per * cat_mask * rows).sum() / (cat_mask.sum() * len(batch))  # untrained categories are masked
 
     def _budget_spent(self) -> bool:
         a, s = self.args, self.state
