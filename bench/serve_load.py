@@ -179,6 +179,7 @@ def main() -> None:
     ap.add_argument("--offline", action="store_true", help="also time the Predictor in-process on the same texts")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
+    from shenhe.models.cores import default_threads
 
     texts = read_texts(args.texts, args.n)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
@@ -198,7 +199,7 @@ def main() -> None:
             model = probe.json()["model"]
             print(f"service {url}: model {model['name']} {model['version']}; "
                   f"{len(texts)} texts from {args.texts} (median {statistics.median(len(t) for t in texts):.0f} chars); "
-                  f"{args.items} text(s) per request; cores {len(os.sched_getaffinity(0))}")
+                  f"{args.items} text(s) per request; cores {default_threads()}")
             rows = []
             print(f"{'conc':>4} {'req/s':>8} {'texts/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'review':>7} {'errors':>7}")
             for c in (int(x) for x in args.concurrency.split(",")):

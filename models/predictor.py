@@ -16,15 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from shenhe.models.bundle import Bundle, BundleError, check_policy_fits, load_bundle
-from shenhe.models.cores import default_threads
+from shenhe.models.cores import SPIN_ENV, default_threads
 from shenhe.models.decision import Thresholds
 from shenhe.models.normalize import Normalized, normalize
 from shenhe.models.policy import CATEGORY_SLUGS, Policy, load_policy
 from shenhe.models.terms import TermMatcher
 from shenhe.models.types import Decision, ModelInfo, Prediction, Reason
 from shenhe.models.windowing import Window, WindowTokenizer, max_over_windows, score_windows
-
-SPIN_ENV = "SHENHE_ORT_SPINNING"
 
 
 @dataclass(frozen=True)
@@ -64,8 +62,7 @@ class Predictor:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle worker threads spin by default: lowest latency on a dedicated machine, but on a shared one
-        # measured 2x slower per call (36-44 ms vs 23 ms per window here). SHENHE_ORT_SPINNING=0 turns it off.
+        # Idle worker threads spin unless told not to (models/cores.py: SHENHE_ORT_SPINNING).
         spin = allow_spinning if allow_spinning is not None else os.environ.get(SPIN_ENV, "1") != "0"
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         try:

@@ -4,7 +4,6 @@ SQLAlchemy load inside the commands."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import sys
 from pathlib import Path
@@ -84,7 +83,7 @@ def _serve(**options: object) -> None:
         note = f"no API keys configured: listening on {host} only (give --keys FILE to serve other hosts)"
 
     try:  # fail here with one line rather than in every worker
-        bundle = load_bundle(config.bundle)
+        bundle = load_bundle(config.bundle_dir)
         if config.policy is not None:
             check_policy_fits(load_policy(config.policy), bundle.manifest, str(config.policy))
     except (BundleError, PolicyError) as e:
@@ -141,6 +140,7 @@ def review_export(
     """Write decided review items as corpus records {"id","text","labels","source":"review"}."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from shenhe.models.jsonl import atomic_jsonl
     from shenhe.serving.queue import ReviewStore
     from shenhe.serving.reviews import ReviewSourceError, parse_since
 
@@ -157,13 +157,10 @@ def review_export(
     try:
         if store.backend == "sqlite" and not _sqlite_file_exists(config.db_url):
             raise UserError(f"no review database at {store.describe()} (start the service first, or give --db-url)")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
+        with atomic_jsonl(out) as f:
             for record in store.iter_decided(since=since_at):
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                n += 1
-        tmp.replace(out)
+                f.write(record)
+            n = f.written
     except SQLAlchemyError as e:
         raise UserError(f"cannot read the review database {store.describe()}: {str(e).splitlines()[0][:200]}") from None
     finally:

@@ -15,7 +15,6 @@ per ``(id, text)`` and answers a retry with the same ``review_id``. Other errors
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 import time
@@ -28,8 +27,9 @@ from typing import Any
 import httpx
 
 from shenhe.models.errors import UserError
+from shenhe.models.jsonl import JsonlError, atomic_jsonl, count_records, iter_text_records
+from shenhe.serving.config import MAX_ITEMS
 
-MAX_ITEMS = 256
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 
 
@@ -109,7 +109,7 @@ class ShenheClient:
     # ---- API ------------------------------------------------------------------------------------
 
     def classify(self, items: Sequence[str | dict[str, Any]]) -> dict[str, Any]:
-        """Classify texts (strings, or ``{"id", "text"}`` dicts); more than 256 are sent in several
+        """Classify texts (strings, or ``{"id", "text"}`` dicts); more than ``MAX_ITEMS`` (256) are sent in several
         requests and the answers joined (``request_id`` is then the last request's)."""
         payload = [{"text": i} if isinstance(i, str) else dict(i) for i in items]
         if not payload:
@@ -125,7 +125,7 @@ class ShenheClient:
         return merged
 
     def classify_batch(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """One ``POST /v1/classify`` with 1 to 256 items."""
+        """One ``POST /v1/classify`` with 1 to ``MAX_ITEMS`` (256) items."""
         return self._json(self._request("POST", "/v1/classify", json={"items": items}))
 
     def next_review(self, lease_seconds: int | None = None) -> dict[str, Any] | None:
@@ -181,27 +181,14 @@ class ClassifySummary:
 
 
 def _read_items(path: Path, text_field: str, id_field: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if isinstance(obj, str):
-                obj = {text_field: obj}
-            if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
-                raise InputFileError(f"{path}:{lineno}: expected an object with a string {text_field!r}")
+    try:
+        for lineno, obj in iter_text_records(path, text_field):
             item: dict[str, Any] = {"text": obj[text_field]}
             if obj.get(id_field) is not None:
                 item["id"] = str(obj[id_field])
             yield lineno, item
-
-
-def _count_lines(path: Path) -> int:
-    with path.open("rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except JsonlError as e:
+        raise InputFileError(str(e)) from None
 
 
 def classify_file(url: str, input_path: str | Path, output_path: str | Path, api_key: str | None = None,
@@ -222,17 +209,16 @@ def classify_file(url: str, input_path: str | Path, output_path: str | Path, api
     src, dst = Path(input_path), Path(output_path)
     if not src.is_file():
         raise InputFileError(f"{src}: input file not found")
-    dst.parent.mkdir(parents=True, exist_ok=True)
     summary = ClassifySummary()
     started = time.perf_counter()
-    bar = tqdm(total=_count_lines(src), unit="text", desc="classify", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=count_records(src), unit="text", desc="classify", disable=not progress, dynamic_ncols=True)
     with ShenheClient(url, api_key, timeout=timeout, retries=retries, transport=transport) as client, \
-            dst.open("w", encoding="utf-8") as out:
+            atomic_jsonl(dst) as out:  # a complete file or none (a run that gives up leaves no partial output)
         batch: list[tuple[int, dict[str, Any]]] = []
 
         def flush() -> None:
             for record in _send(client, batch, summary):
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.write(record)
             out.flush()
             bar.update(len(batch))
             batch.clear()

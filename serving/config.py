@@ -2,6 +2,8 @@
 
 `shenhe serve` turns its command-line options into these variables before it starts BentoML, so the
 CLI, ``bentoml serve shenhe.serving.service:Shenhe`` and every worker process read the same settings.
+:class:`ServingConfig` is the only reader of the environment in the service: everything else (the
+runtime, the reloader, the hardening middleware, the predictor it builds) takes its settings from it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shenhe.models.bundle import BUNDLE_ENV, DEFAULT_BUNDLE_DIR
+from shenhe.models.cores import SPIN_ENV
+from shenhe.models.policy import POLICY_ENV
+
 # Hard limits of the API contract (not configurable: clients rely on them).
 MAX_ITEMS = 256
 MAX_ID_CHARS = 256
@@ -20,8 +26,8 @@ DEFAULT_DB_PATH = Path("var") / "shenhe.db"
 
 ENV_PREFIX = "SHENHE_"
 _ENV_FIELDS = {
-    "bundle": "SHENHE_BUNDLE",
-    "policy": "SHENHE_POLICY",
+    "bundle": BUNDLE_ENV,  # SHENHE_BUNDLE (named in models/, where offline commands read it too)
+    "policy": POLICY_ENV,  # SHENHE_POLICY
     "db_url": "SHENHE_DB_URL",
     "keys_file": "SHENHE_KEYS_FILE",
     "max_text_chars": "SHENHE_MAX_TEXT_CHARS",
@@ -30,6 +36,7 @@ _ENV_FIELDS = {
     "port": "SHENHE_PORT",
     "workers": "SHENHE_WORKERS",
     "ort_threads": "SHENHE_ORT_THREADS",
+    "ort_spinning": SPIN_ENV,  # SHENHE_ORT_SPINNING
     "batch_max_windows": "SHENHE_BATCH_MAX_WINDOWS",
     "batch_call_tokens": "SHENHE_BATCH_CALL_TOKENS",
     "batch_wait_ms": "SHENHE_BATCH_WAIT_MS",
@@ -74,6 +81,8 @@ class ServingConfig(BaseModel):
     port: int = Field(3000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
     ort_threads: int | None = Field(None, ge=1, le=256)  # onnxruntime intra-op threads per worker
+    # Idle onnxruntime threads spin (lowest latency on a dedicated machine); 0 lets them sleep (a shared one).
+    ort_spinning: bool = True
     # Micro-batching across concurrent requests (serving/batcher.py): windows per batch, padded tokens per
     # model call (bounds how long one call holds the model), how long a batch waits for company, and how
     # many tokens may wait before requests are refused with 503.
@@ -102,6 +111,11 @@ class ServingConfig(BaseModel):
     # Which open item a claim gets when it does not say: the oldest ("age") or the one whose scores came
     # closest to a threshold ("uncertainty": active learning, the labels that teach the model most).
     review_order: Literal["age", "uncertainty"] = "age"
+
+    @property
+    def bundle_dir(self) -> Path:
+        """The bundle to serve: ``bundle`` (``SHENHE_BUNDLE``), else the shipped ``models/default``."""
+        return self.bundle if self.bundle is not None else DEFAULT_BUNDLE_DIR
 
     def host_names(self) -> frozenset[str] | None:
         """The allowed ``Host`` names (lower case, no port); None = any."""

@@ -18,7 +18,7 @@ import re
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path as FsPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Path, Request
@@ -28,12 +28,17 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from shenhe.models.policy import CATEGORY_SLUGS
 from shenhe.models.stats import wilson
+from shenhe.serving.api_errors import ApiError, error_response
 from shenhe.serving.auth import ANONYMOUS, AuthFailure, Principal, digest, presented_key
+from shenhe.serving.body import check_unicode, read_json, validate
 from shenhe.serving.live_precision import MIN_FLAG_SAMPLES, for_runtime
 from shenhe.serving.queue import ClaimedItem, ReviewNotFound
+from shenhe.serving.request_context import runtime_of
 
 if TYPE_CHECKING:
     from shenhe.serving.runtime import Runtime
+
+M = TypeVar("M", bound=BaseModel)
 
 HERE = FsPath(__file__).resolve().parent
 STATIC_DIR = HERE / "static"
@@ -70,16 +75,6 @@ router = APIRouter(include_in_schema=False)
 # ---- helpers ---------------------------------------------------------------------------------------
 
 
-def _api() -> Any:
-    from shenhe.serving import api
-
-    return api
-
-
-def _runtime(request: Request) -> Runtime:
-    return _api()._runtime(request)
-
-
 def _principal(request: Request, runtime: Runtime) -> Principal | None:
     """The caller: a key in the headers, else the session cookie; None when neither is valid."""
     if not runtime.keys.enabled:
@@ -113,11 +108,11 @@ def _json(data: Any, status: int = 200) -> Response:
     return JSONResponse(data, status_code=status, headers={"Cache-Control": "no-store"})
 
 
-async def _body(request: Request, model: type[BaseModel]) -> Any:
-    api = _api()
+async def _body(request: Request, model: type[M]) -> M:
+    """The JSON body as ``model``; an empty body counts as ``{}``."""
     raw = await request.body()
-    data: Any = {} if not raw.strip() else await api._read_json(request, _runtime(request).config)
-    return api._validate(model, data)
+    data: Any = {} if not raw.strip() else await read_json(request, runtime_of(request).config)
+    return validate(model, data)
 
 
 def segments(text: str, reasons: list[dict[str, Any]], matches: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -193,7 +188,7 @@ def _categories_ctx() -> list[dict[str, Any]]:
 
 @router.get("/review")
 async def review_page(request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     principal = await anyio.to_thread.run_sync(_principal, request, runtime)
     if principal is None:
         return _html(templates.get_template("login.html").render(title="登录 · shenhe 审核台"))
@@ -209,7 +204,7 @@ async def review_page(request: Request) -> Response:
 
 @router.get("/review/admin")
 async def admin_page(request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     principal = await anyio.to_thread.run_sync(_principal, request, runtime)
     if principal is None:
         return RedirectResponse("/review", status_code=303)
@@ -264,7 +259,7 @@ def _admin_context(runtime: Runtime) -> dict[str, Any]:
 async def static_file(name: str) -> Response:
     path = STATIC_DIR / name
     if "/" in name or name.startswith(".") or path.suffix not in _STATIC_TYPES or not path.is_file():
-        return _api()._error_response(None, 404, "not_found", f"no such file: /review/static/{name}")
+        return error_response(None, 404, "not_found", f"no such file: /review/static/{name}")
     return Response(path.read_bytes(), media_type=_STATIC_TYPES[path.suffix],
                     headers={"Cache-Control": "no-cache"})
 
@@ -304,7 +299,7 @@ def _check_id(review_id: str) -> None:
 
 @router.post("/review/api/session")
 async def sign_in(request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     body: SessionIn = await _body(request, SessionIn)
     if not runtime.keys.enabled:
         return _json({"name": ANONYMOUS.name, "roles": sorted(ANONYMOUS.roles)})
@@ -322,7 +317,7 @@ async def sign_in(request: Request) -> Response:
 
 @router.post("/review/api/session/end")
 async def sign_out(request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     token = request.cookies.get(COOKIE)
     if token and len(token) <= 200:
         await anyio.to_thread.run_sync(runtime.store.end_session, token)
@@ -333,7 +328,7 @@ async def sign_out(request: Request) -> Response:
 
 @router.get("/review/api/queue")
 async def queue_overview(request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     principal = await anyio.to_thread.run_sync(_require, request, runtime, "review")
     rows = await anyio.to_thread.run_sync(runtime.store.overview, principal.name)
     for r in rows:
@@ -345,18 +340,16 @@ async def queue_overview(request: Request) -> Response:
 
 @router.post("/review/api/claim")
 async def claim(request: Request) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     principal = await anyio.to_thread.run_sync(_require, request, runtime, "review")
     body: ClaimIn = await _body(request, ClaimIn)
-    api = _api()
     if body.category is not None and body.category not in CATEGORY_SLUGS:
-        raise api.ApiError(400, "invalid_category", f"unknown category {body.category!r}")
+        raise ApiError(400, "invalid_category", f"unknown category {body.category!r}")
     if body.band is not None and body.band not in BAND_NAMES_ZH:
-        raise api.ApiError(400, "invalid_band", f"unknown band {body.band!r}; expected review or block")
+        raise ApiError(400, "invalid_band", f"unknown band {body.band!r}; expected review or block")
     order = body.order or ("uncertainty" if runtime.config.review_order == "uncertainty" else "oldest")
     if order not in CONSOLE_ORDERS:
-        raise api.ApiError(400, "invalid_order",
-                           f"unknown order {order!r}; expected {', '.join(CONSOLE_ORDERS)}")
+        raise ApiError(400, "invalid_order", f"unknown order {order!r}; expected {', '.join(CONSOLE_ORDERS)}")
     item = await anyio.to_thread.run_sync(lambda: runtime.store.claim(
         runtime.config.lease_seconds, principal.name, category=body.category, band=body.band,
         order=order, skip=body.skip))
@@ -368,15 +361,15 @@ async def claim(request: Request) -> Response:
 
 @router.post("/review/api/items/{review_id}/decision")
 async def decide(request: Request, review_id: str = Path(...)) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     principal = await anyio.to_thread.run_sync(_require, request, runtime, "review")
     _check_id(review_id)
     body: DecisionIn = await _body(request, DecisionIn)
     unknown = sorted(set(body.labels) - set(CATEGORY_SLUGS))
     if unknown:
-        raise _api().ApiError(400, "invalid_labels", f"unknown category slug(s): {', '.join(unknown)}")
+        raise ApiError(400, "invalid_labels", f"unknown category slug(s): {', '.join(unknown)}")
     for where, value in (("note", body.note), ("lease_token", body.lease_token)):
-        _api()._check_unicode(value, where)
+        check_unicode(value, where)
     request.state.log_fields["review_id"] = review_id
     rec = await anyio.to_thread.run_sync(lambda: runtime.store.decide(
         review_id, body.labels, principal.name, body.note or None, body.lease_token,
@@ -387,7 +380,7 @@ async def decide(request: Request, review_id: str = Path(...)) -> Response:
 
 @router.post("/review/api/items/{review_id}/release")
 async def release(request: Request, review_id: str = Path(...)) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     principal = await anyio.to_thread.run_sync(_require, request, runtime, "review")
     _check_id(review_id)
     body: ReleaseIn = await _body(request, ReleaseIn)
@@ -397,7 +390,7 @@ async def release(request: Request, review_id: str = Path(...)) -> Response:
 
 @router.post("/review/api/items/{review_id}/undo")
 async def undo(request: Request, review_id: str = Path(...)) -> Response:
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     principal = await anyio.to_thread.run_sync(_require, request, runtime, "review")
     _check_id(review_id)
     item = await anyio.to_thread.run_sync(runtime.store.undo, review_id, principal.name,
@@ -427,7 +420,7 @@ async def docs() -> Response:
 @router.get("/v1/docs/assets/{name}")
 async def docs_asset(name: str) -> Response:
     if name not in _SWAGGER_ASSETS:
-        return _api()._error_response(None, 404, "not_found", f"no such file: /v1/docs/assets/{name}")
+        return error_response(None, 404, "not_found", f"no such file: /v1/docs/assets/{name}")
     media = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".png": "image/png"}
     path = _swagger_dir() / name
     return Response(path.read_bytes(), media_type=media[path.suffix], headers={"Cache-Control": "max-age=86400"})

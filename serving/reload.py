@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from shenhe.models.bundle import MANIFEST_FILE, MODEL_FILE, POLICY_FILE, TOKENIZER_FILE, resolve_bundle_dir
+from shenhe.models.bundle import MANIFEST_FILE, MODEL_FILE, POLICY_FILE, TOKENIZER_FILE
 from shenhe.serving.logging import log_event
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class Reloader:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.bundle_dir = resolve_bundle_dir(runtime.config.bundle)
+        self.bundle_dir = runtime.config.bundle_dir
         self.policy_path = runtime.config.policy
         self.interval_s = runtime.config.reload_interval_s
         self._lock = threading.Lock()
@@ -132,8 +132,7 @@ class Reloader:
     def reload(self, trigger: str) -> ReloadResult:
         """Load whatever changed on disk since the serving bundle/policy were loaded, check it, swap it in."""
         from shenhe.models.policy import load_policy
-        from shenhe.models.predictor import Predictor
-        from shenhe.serving.runtime import worker_threads
+        from shenhe.serving.runtime import load_predictor
 
         with self._lock:
             runtime = self.runtime
@@ -147,8 +146,7 @@ class Reloader:
             started = time.monotonic()
             try:
                 if "bundle" in changed:
-                    new = Predictor(self.bundle_dir, policy=self.policy_path,
-                                    intra_op_threads=worker_threads(runtime.config))
+                    new = load_predictor(runtime.config, self.policy_path)
                 else:
                     assert self.policy_path is not None
                     new = current.with_policy(load_policy(self.policy_path))

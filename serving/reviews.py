@@ -16,7 +16,6 @@ is in :attr:`Reviews.dropped` with its reason.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shenhe.models.jsonl import JsonlError, iter_values
 from shenhe.models.normalize import normalize_text
 from shenhe.models.policy import CATEGORY_SLUGS
 
@@ -257,34 +257,27 @@ def read_from_file(path: Path) -> Reviews:
     out = Reviews(source=str(path))
     groups: dict[str, _Group] = {}
     try:
-        fh = path.open(encoding="utf-8")
-    except OSError as e:
-        raise ReviewSourceError(f"{path}: cannot read ({e.__class__.__name__})") from None
-    with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+        lines = list(iter_values(path))  # models.jsonl's line rules (UTF-8, BOM, JSON)
+    except JsonlError as e:
+        raise ReviewSourceError(str(e)) from None
+    for lineno, obj in lines:
+        if not isinstance(obj, dict):
+            raise ReviewSourceError(f"{path}:{lineno}: not a JSON object")
+        out.items_read += 1
+        cid = str(obj.get("id") or f"{path.name}:{lineno}")
+        text, labels = obj.get("text"), obj.get("labels", [])
+        bad = _check_row(cid, text, labels)
+        if bad is not None:
+            out.dropped.append(Dropped(cid, bad, text if isinstance(text, str) else ""))
+            continue
+        g = groups.setdefault(_group_key(text), _Group(text=text))
+        if any(c == cid for c, _ in g.items):  # the same item twice (two exports concatenated)
+            prior = next(o for o in g.opinions if o.item_id == cid)
+            if prior.labels == _ordered(labels):
+                out.dropped.append(Dropped(cid, f"repeated line {lineno} (same item, same labels)", text))
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                raise ReviewSourceError(f"{path}:{lineno}: not a JSON object") from None
-            if not isinstance(obj, dict):
-                raise ReviewSourceError(f"{path}:{lineno}: not a JSON object")
-            out.items_read += 1
-            cid = str(obj.get("id") or f"{path.name}:{lineno}")
-            text, labels = obj.get("text"), obj.get("labels", [])
-            bad = _check_row(cid, text, labels)
-            if bad is not None:
-                out.dropped.append(Dropped(cid, bad, text if isinstance(text, str) else ""))
-                continue
-            g = groups.setdefault(_group_key(text), _Group(text=text))
-            if any(c == cid for c, _ in g.items):  # the same item twice (two exports concatenated)
-                prior = next(o for o in g.opinions if o.item_id == cid)
-                if prior.labels == _ordered(labels):
-                    out.dropped.append(Dropped(cid, f"repeated line {lineno} (same item, same labels)", text))
-                    continue
-            g.items.append((cid, ""))
-            g.opinions.append(_Opinion(cid, cid, _ordered(labels)))
+        g.items.append((cid, ""))
+        g.opinions.append(_Opinion(cid, cid, _ordered(labels)))
     _resolve(groups.values(), out, lambda g: "not sent back: an export file has no queue (retrain from the "
                                              "queue's database URL to ask for a third opinion)")
     return out

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -41,6 +42,15 @@ class TokenBudgetExceeded(Exception):
 def worker_threads(config: ServingConfig) -> int:
     """onnxruntime intra-op threads per worker: the worker's share of the cores."""
     return config.ort_threads or max(1, default_threads() // config.workers)
+
+
+def load_predictor(config: ServingConfig, policy: Path | None = None) -> Predictor:
+    """A predictor on the configured bundle, deciding by ``policy`` (None: the bundle's own), with the
+    worker's threads and spinning: every setting from ``config``, none from the environment."""
+    from shenhe.models.predictor import Predictor  # onnxruntime: load in the worker, not at import
+
+    return Predictor(config.bundle_dir, policy=policy, intra_op_threads=worker_threads(config),
+                     allow_spinning=config.ort_spinning)
 
 
 class Scheduler:
@@ -126,11 +136,9 @@ class Runtime:
     @classmethod
     def start(cls, config: ServingConfig) -> Runtime:
         """Load the bundle, open the database (creating the tables if needed) and read the keys."""
-        from shenhe.models.predictor import Predictor  # onnxruntime: load in the worker, not at import
-
         logger = get_logger()
         keys = KeyRing.load(config.keys_file)
-        predictor = Predictor(config.bundle, policy=config.policy, intra_op_threads=worker_threads(config))
+        predictor = load_predictor(config, config.policy)
         store = ReviewStore(config.db_url)
         store.create_schema()
         scheduler = Scheduler(predictor, config)

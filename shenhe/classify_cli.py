@@ -3,52 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from shenhe.models.bundle import BundleError
 from shenhe.models.errors import UserError, cli_errors
+from shenhe.models.jsonl import JsonlError, JsonlWriter, atomic_jsonl, count_records, iter_text_records
 from shenhe.models.policy import CATEGORY_SLUGS, PolicyError
+
+if TYPE_CHECKING:
+    from shenhe.models.predictor import Predictor
 
 CHUNK = 256  # texts per predictor call when streaming a file
 
 
-def _read_jsonl(path: Path, text_field: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    try:
-        fh = path.open(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror or e.__class__.__name__})") from None
-    with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"{path}:{lineno}: not valid JSON") from None
-            if isinstance(obj, str):
-                obj = {text_field: obj}
-            if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
-                raise UserError(f"{path}:{lineno}: expected an object with a string {text_field!r} field")
-            yield lineno, obj
-
-
-def _count_lines(path: Path) -> int:
-    with path.open("rb") as f:
-        return sum(1 for line in f if line.strip())
-
-
-def _classify_file(predictor: Any, input_path: Path, output: TextIO, text_field: str, batch_size: int,
+def _classify_file(predictor: Predictor, input_path: Path, output: JsonlWriter, text_field: str, batch_size: int,
                    show_progress: bool) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    total = _count_lines(input_path)
+    total = count_records(input_path)
     n = 0
     with Progress(TextColumn("classify"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                   TimeRemainingColumn(), disable=not show_progress, console=Console(stderr=True)) as progress:
@@ -59,13 +36,13 @@ def _classify_file(predictor: Any, input_path: Path, output: TextIO, text_field:
             nonlocal n
             preds = predictor.predict([row[text_field] for row in chunk], batch_size=batch_size)
             for row, pred in zip(chunk, preds, strict=True):
-                output.write(json.dumps({**row, **pred.to_dict()}, ensure_ascii=False) + "\n")
+                output.write({**row, **pred.to_dict()})
             n += len(chunk)
             elapsed = progress.tasks[0].elapsed or 0.0
             progress.update(task, advance=len(chunk), rate=f"{n / elapsed:.0f} texts/s" if elapsed else "")
             chunk.clear()
 
-        for _, row in _read_jsonl(input_path, text_field):
+        for _, row in iter_text_records(input_path, text_field):
             chunk.append(row)
             if len(chunk) >= CHUNK:
                 flush()
@@ -131,7 +108,7 @@ def classify_cmd(
 ) -> None:
     """Classify TEXT (a readable table, or --json), or a JSONL file with --input/--output."""
 
-    @cli_errors(BundleError, PolicyError, OSError)
+    @cli_errors(BundleError, PolicyError, JsonlError, OSError)
     def run() -> None:
         if (text is None) == (input_path is None):
             raise UserError("give either TEXT or --input FILE.jsonl")
@@ -162,16 +139,10 @@ def classify_cmd(
         assert input_path is not None
         show = not quiet and sys.stderr.isatty()
         if output_path is None:
-            _classify_file(predictor, input_path, sys.stdout, text_field, batch_size, show_progress=False)
+            _classify_file(predictor, input_path, JsonlWriter(sys.stdout), text_field, batch_size, show_progress=False)
             return
-        tmp = output_path.with_name(output_path.name + ".tmp")
-        output_path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with tmp.open("w", encoding="utf-8") as out:
-                n = _classify_file(predictor, input_path, out, text_field, batch_size, show)
-            os.replace(tmp, output_path)  # a complete file or none
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_jsonl(output_path) as out:  # a complete file or none
+            n = _classify_file(predictor, input_path, out, text_field, batch_size, show)
         print(f"classified {n} texts -> {output_path}", file=sys.stderr)
 
     run()

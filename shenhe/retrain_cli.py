@@ -19,6 +19,8 @@ from typing import Annotated, Any
 import typer
 
 from shenhe.models.errors import UserError, cli_errors
+from shenhe.models.jsonl import atomic_jsonl, iter_values
+from shenhe.training.finetune.args import ExportOptions, TrainingArguments, default_help, given
 
 # What training and export import (the `train` extra); checked before anything else happens.
 TRAINING_PACKAGES = {"torch": "torch", "transformers": "transformers", "safetensors": "safetensors",
@@ -96,20 +98,26 @@ def retrain_cmd(
         "--time-budget-minutes", min=0.1, help="Training time budget.")] = 30.0,
     max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Stop after N optimiser steps.")] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 2,
-    lr: Annotated[float, typer.Option("--lr", help="Encoder learning rate.")] = 5e-5,
-    head_lr: Annotated[float, typer.Option("--head-lr", help="Head learning rate.")] = 5e-4,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 32,
-    eval_every: Annotated[int, typer.Option("--eval-every-steps", min=0, help="Dev evaluation every N steps "
-                                                                             "(0: epochs only).")] = 300,
-    min_train_positives: Annotated[int, typer.Option(
-        "--min-train-positives", min=1, help="Categories with fewer training positives are untrained.")] = 20,
+    lr: Annotated[float | None, typer.Option(
+        "--lr", help=f"Encoder learning rate. {default_help(TrainingArguments, 'learning_rate')}")] = None,
+    head_lr: Annotated[float | None, typer.Option(
+        "--head-lr", help=f"Head learning rate. {default_help(TrainingArguments, 'head_learning_rate')}")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, help=default_help(TrainingArguments, "batch_size"))] = None,
+    eval_every: Annotated[int | None, typer.Option(
+        "--eval-every-steps", min=0, help="Dev evaluation every N steps (0: epochs only). "
+                                          f"{default_help(TrainingArguments, 'eval_every_steps')}")] = None,
+    min_train_positives: Annotated[int | None, typer.Option(
+        "--min-train-positives", min=1, help="Categories with fewer training positives are untrained. "
+                                             f"{default_help(TrainingArguments, 'min_train_positives')}")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 42,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads.")] = None,
     target: Annotated[Path | None, typer.Option(
         "--target", help="The serving bundle the candidate replaces if the gate passes (default: --base-bundle).")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Candidate name (default: the base bundle's).")] = None,
     version: Annotated[str | None, typer.Option("--version", help="Candidate version (default: UTC time).")] = None,
-    quantization: Annotated[str, typer.Option("--quantization", help="As for shenhe export.")] = "auto",
+    quantization: Annotated[str | None, typer.Option(
+        "--quantization", help=f"As for shenhe export. {default_help(ExportOptions, 'quantization')}")] = None,
     allow_parity_failure: Annotated[bool, typer.Option(
         "--allow-parity-failure", help="Write the candidate even if an export parity check fails.")] = False,
     tolerance: Annotated[float, typer.Option(
@@ -182,10 +190,9 @@ def _retrain(o: dict[str, Any]) -> int:
          + (f", {len(reviews.sent_back)} sent back to the queue for another opinion" if reviews.sent_back else ""))
     for d in reviews.dropped:
         _say(f"  dropped {d.line()}")
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "dropped.jsonl").open("w", encoding="utf-8") as fh:
+    with atomic_jsonl(out / "dropped.jsonl") as dropped:
         for rec in reviews.dropped_records():
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            dropped.write(rec)
     if not reviews.rows:
         raise UserError(f"no reviewed item to train on ({reviews.items_read} read, {len(reviews.dropped)} dropped; "
                         f"the reasons are listed above and in {out / 'dropped.jsonl'})")
@@ -213,24 +220,26 @@ def _retrain(o: dict[str, Any]) -> int:
     _say("splits: " + ", ".join(f"{k} {v}" for k, v in data.splits.items()))
 
     # 3. the time-budgeted continuation from the bundle
-    from shenhe.training.finetune.args import TrainingArguments
     from shenhe.training.finetune.cli import _default_base
     from shenhe.training.finetune.trainer import train
 
     chosen = o["base"] or _default_base()
     base_path = Path(chosen).expanduser()
     m = bundle.manifest
+    overrides = given(learning_rate=o["lr"], head_learning_rate=o["head_lr"], batch_size=o["batch_size"],
+                      min_train_positives=o["min_train_positives"], eval_every_steps=o["eval_every"])
+    if overrides.get("eval_every_steps") == 0:  # 0 on the command line: epochs only
+        overrides["eval_every_steps"] = None
     try:
         args = TrainingArguments(
             base=str(base_path) if base_path.exists() else chosen, data=data.folder, out=out / "run",
-            init_from=str(base_bundle), epochs=o["epochs"], learning_rate=o["lr"], head_learning_rate=o["head_lr"],
-            batch_size=o["batch_size"], max_length=m.max_length, window_stride=m.window_stride, seed=o["seed"],
-            max_steps=o["max_steps"], time_budget_minutes=o["time_budget"], eval_every_steps=o["eval_every"] or None,
-            threads=o["threads"], min_train_positives=o["min_train_positives"],
-            save_every_steps=max(100, o["eval_every"] or 100),
+            init_from=str(base_bundle), epochs=o["epochs"], max_length=m.max_length, window_stride=m.window_stride,
+            seed=o["seed"], max_steps=o["max_steps"], time_budget_minutes=o["time_budget"], threads=o["threads"],
+            **overrides,
         )
     except ValueError as e:
         raise UserError(str(e)) from None
+    args.save_every_steps = max(100, args.eval_every_steps or 100)  # a checkpoint at least every evaluation
     _say(f"training from {base_bundle} ({m.name} {m.version}), encoder {args.base}, budget "
          f"{o['time_budget']:g} min" + (f" or {o['max_steps']} steps" if o["max_steps"] else ""))
     info = train(args, show_progress=not o["quiet"])
@@ -238,28 +247,25 @@ def _retrain(o: dict[str, Any]) -> int:
     _say(f"trained {state['global_step']} step(s) ({state['stop_reason']}); dev macro-F1 {info['dev_macro_f1']:.4f}")
 
     # 4. export the candidate
-    from shenhe.training.finetune.export import ExportOptions, export_bundle
+    from shenhe.training.finetune.export import export_bundle
 
     version = o["version"] or datetime.now(UTC).strftime("%Y.%m.%d.%H%M%S")
     candidate = export_bundle(ExportOptions(
         run=out / "run", out=out / "bundle", name=o["name"] or m.name, version=version, data=data.folder,
         policy=bundle.dir / POLICY_FILE, threads=o["threads"], allow_parity_failure=o["allow_parity_failure"],
-        show_progress=not o["quiet"], quantization=o["quantization"]))
+        show_progress=not o["quiet"], **given(quantization=o["quantization"])))
     _say(f"candidate {o['name'] or m.name} {version}: {candidate}")
 
     # 5. the gate: the fixed evaluation set plus the held-apart reviewed items
     gate = out / "gate.jsonl"
-    n_fixed = n_held = 0
-    with gate.open("w", encoding="utf-8") as fh:
+    with atomic_jsonl(gate) as fh:
         for path in (fixed, data.held_apart_file):
             assert path is not None
-            for line in path.open(encoding="utf-8"):
-                if line.strip():
-                    fh.write(line.rstrip("\n") + "\n")
-                    if path == fixed:
-                        n_fixed += 1
-                    else:
-                        n_held += 1
+            for _, record in iter_values(path):
+                fh.write(record)
+            if path == fixed:
+                n_fixed = fh.written
+    n_held = fh.written - n_fixed
     _say(f"gate: {fixed} ({n_fixed} texts) + {n_held} held-apart reviewed item(s) -> {gate}; "
          f"candidate vs {target}")
     from rich.console import Console

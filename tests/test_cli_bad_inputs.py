@@ -22,6 +22,8 @@ CASES: list[tuple[str, ...]] = [
     ("distill", "--out", "{t}/s", "--teacher", "{t}/nope", "--layers", "4"),
     ("distill", "--out", "{t}/s", "--teacher", "{t}/nope", "--layers", "0"),
     ("distill", "--out", "{t}/s", "--resume"),
+    ("card", "--bundle", "{t}/nope"),
+    ("card", "--bundle", "{t}", "--check"),
     ("classify", "--bundle", "{t}/nope", "你好"),
     ("classify", "--input", "{t}/nope.jsonl"),
     ("classify", "--input", "{t}/bad.jsonl"),

@@ -102,3 +102,34 @@ def test_presented_key() -> None:
     assert presented_key("Bearer ", None) is None
     assert presented_key("Bearer a", " b ") == "b"
     assert presented_key(None, None) is None
+
+
+SERVING = Path(__file__).resolve().parents[2] / "serving"
+
+
+def test_serving_config_owns_every_shenhe_variable_the_service_reads() -> None:
+    """In serving/, only config.py reads the environment, and every SHENHE_* name serving/ mentions (help
+    texts, messages, docs) is a ServingConfig variable."""
+    import re
+
+    from shenhe.serving.config import _ENV_FIELDS
+
+    read = re.compile(r"os\.environ\.get\(|os\.environ\[|os\.getenv\(|\benviron\.get\(")
+    readers = [p.name for p in sorted(SERVING.glob("*.py")) if p.name != "config.py"
+               and read.search(p.read_text(encoding="utf-8"))]
+    assert readers == []
+    mentioned = {name for p in SERVING.glob("*.py") for name in re.findall(r"SHENHE_[A-Z_]+", p.read_text(encoding="utf-8"))}
+    assert mentioned - {"SHENHE_"} <= set(_ENV_FIELDS.values()), mentioned - set(_ENV_FIELDS.values())
+
+
+def test_predictor_settings_come_from_the_config(tiny_bundle: Path) -> None:
+    from shenhe.serving.runtime import load_predictor
+
+    config = ServingConfig.from_env({"SHENHE_BUNDLE": str(tiny_bundle), "SHENHE_ORT_SPINNING": "0",
+                                     "SHENHE_ORT_THREADS": "1"})
+    assert config.bundle_dir == tiny_bundle and not config.ort_spinning
+    assert ServingConfig.from_env({}).bundle_dir.name == "default"
+    predictor = load_predictor(config)
+    options = predictor.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 1 and predictor.bundle.dir == tiny_bundle

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 
 def _args(source: Path, encoder: Path, out: Path, **kw):  # type: ignore[no-untyped-def]
-    from shenhe.training.finetune.distill import DistillArguments
+    from shenhe.training.finetune.args import DistillArguments
 
     base = dict(base=str(encoder), data=DATA, out=out, teacher=str(source), layers=1, epochs=2, max_steps=8,
                 batch_size=8, eval_batch_size=16, learning_rate=1e-3, head_learning_rate=1e-3, max_length=48,
@@ -225,7 +225,11 @@ def test_a_tiny_teacher_distils_into_a_one_layer_student_that_exports_and_predic
     card = (bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "**A distilled student** of `tiny 0.0.1`: 1 of" in card and "## Distillation" in card
     assert d["teacher"]["model_sha256"] in card and "both models timed by this export" in card
+    assert "- knowledge-distillation" in card and "| alpha | 0.7 |" in card  # front matter, hyperparameters
     assert "distilled" not in (tiny_bundle / "MODEL_CARD.md").read_text(encoding="utf-8")  # an ordinary run's card
+    from shenhe.training.finetune.model_card import write_bundle_card
+
+    assert not write_bundle_card(bundle, check=True)  # `shenhe card` renders the same card from the bundle's files
     predictions = Predictor(bundle, intra_op_threads=1).predict(["你这个傻逼，滚出去", "今天天气很好"])
     assert len(predictions) == 2 and predictions[0].model.name == "tiny-student"
     assert time.perf_counter() - t0 < 60
@@ -275,7 +279,7 @@ def test_an_interrupted_distillation_resumes_from_the_cache_to_the_same_weights(
     # `shenhe train --resume` refuses a student; the distill resume reads the teacher's logits from the cache.
     with pytest.raises(TrainError, match="shenhe distill --resume"):
         load_run_args(broken.out)
-    from shenhe.training.finetune.distill import DistillArguments
+    from shenhe.training.finetune.args import DistillArguments
 
     info = distill(load_run_args(broken.out, DistillArguments, kind="distill"), resume=True, show_progress=False)
     assert info["summary"]["distillation"]["teacher_logits"]["train"]["reused"]

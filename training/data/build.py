@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shenhe.models.jsonl import atomic_jsonl
 from shenhe.models.normalize import normalize_text
 from shenhe.models.policy import CATEGORY_SLUGS, load_policy
 from shenhe.training.data.dedup import key_of_normalized, resolve_labels
@@ -308,9 +309,9 @@ def _hold_apart(config: BuildConfig, specs: list[SourceSpec], out_rows: dict[str
 def _write_outputs(config: BuildConfig, out_rows: dict[str, list[dict[str, Any]]], progress: Any) -> None:
     config.out.mkdir(parents=True, exist_ok=True)
     for split in OUT_SPLITS:
-        with (config.out / f"{split}.jsonl").open("w", encoding="utf-8", newline="\n") as f:
+        with atomic_jsonl(config.out / f"{split}.jsonl") as f:
             for row in out_rows[split]:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write(row)
     if config.write_hf:
         task = progress.add_task("writing datasets DatasetDict", total=1)
         _write_hf(config.out / "hf", {split: out_rows[split] for split in SPLITS})

@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from shenhe.models.errors import UserError, cli_errors
+from shenhe.training.data import BUILD_DIR
 
 DEFAULT_RAW = Path("../shared/data")
-DEFAULT_OUT = Path("data/build")
 INSTALL_TRAIN = "pip install -e '.[train]' (or make install-dev)"
 
 
@@ -53,7 +53,7 @@ def category_table(stats: dict[str, Any]) -> Table:
 @cli_errors()
 def build_cmd(
     raw: Annotated[Path, typer.Option(help="Folder holding one sub-folder per source.")] = DEFAULT_RAW,
-    out: Annotated[Path, typer.Option(help="Output folder (train/dev/test.jsonl, holdout.jsonl, hf/, stats.json).")] = DEFAULT_OUT,
+    out: Annotated[Path, typer.Option(help="Output folder (train/dev/test.jsonl, holdout.jsonl, hf/, stats.json).")] = BUILD_DIR,
     sources: Annotated[str | None, typer.Option(
         help="Comma-separated source names to include (default: all, including seed_synthetic).")] = None,
     commercial_only: Annotated[bool, typer.Option(
@@ -131,7 +131,7 @@ def build_cmd(
 @data_app.command("cards")
 @cli_errors(OSError, ValueError)
 def cards_cmd(
-    stats: Annotated[Path, typer.Option(help="stats.json of the build the cards describe.")] = DEFAULT_OUT / "stats.json",
+    stats: Annotated[Path, typer.Option(help="stats.json of the build the cards describe.")] = BUILD_DIR / "stats.json",
     cards: Annotated[Path, typer.Option(help="Folder of data cards.")] = Path("data_cards"),
     check: Annotated[bool, typer.Option("--check", help="Only check; exit 1 if a card is out of date.")] = False,
 ) -> None:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shenhe.models.jsonl import JsonlError, atomic_jsonl, iter_values
 from shenhe.training.data.dedup import dedup_key
 
 HOLDOUT_SALT = "shenhe-review-holdout-v1"
@@ -58,34 +58,23 @@ def _key(text: str) -> str:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records as they are (every field kept), read by models.jsonl's line rules."""
     rows: list[dict[str, Any]] = []
     try:
-        fh = path.open(encoding="utf-8")
-    except OSError as e:
-        raise RetrainDataError(f"{path}: cannot read ({e.__class__.__name__})") from None
-    with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                    raise ValueError
-            except ValueError:
-                raise RetrainDataError(f"{path}:{lineno}: expected a JSON object with 'text' and 'labels'") from None
+        for lineno, obj in iter_values(path):
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise RetrainDataError(f"{path}:{lineno}: expected a JSON object with 'text' and 'labels'")
             rows.append(obj)
+    except JsonlError as e:
+        raise RetrainDataError(str(e)) from None
     return rows
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_jsonl(path) as f:
         for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
+            f.write(r)
+    return f.written
 
 
 def _corpus_row(r: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Typed configuration for fine-tuning (one dataclass, saved into the run directory as run.json)."""
+"""Typed configuration of `shenhe train` (:class:`TrainingArguments`, saved into the run directory as run.json)
+and `shenhe export` (:class:`ExportOptions`). The defaults live here only: the CLI options fall through to them."""
 
 from __future__ import annotations
 
@@ -96,3 +97,91 @@ class TrainingArguments:
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+LAYER_MAPS = ("spread", "bottom")  # shenhe distill --layer-map, besides an explicit list of layers
+
+
+def parse_layer_map(layer_map: str) -> list[int] | None:
+    """None for ``spread``/``bottom``; the teacher layer indices of an explicit list ("0,4,8,11")."""
+    if layer_map in LAYER_MAPS:
+        return None
+    try:
+        picked = [int(x) for x in layer_map.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        picked = []
+    if not picked or any(i < 0 for i in picked) or picked != sorted(set(picked)):
+        raise ValueError(f"--layer-map must be spread, bottom or increasing layer indices like 0,4,8,11; "
+                         f"got {layer_map!r}")
+    return picked
+
+
+@dataclass
+class DistillArguments(TrainingArguments):
+    """A ``shenhe train`` run's arguments plus the teacher and how to learn from it (saved in run.json)."""
+
+    teacher: str = ""  # a bundle or a finished `shenhe train` run
+    layers: int = 0  # K: encoder layers the student keeps (0: as many as an explicit layer_map lists)
+    layer_map: str = "spread"  # spread | bottom | an explicit list of teacher layers, e.g. "0,4,8,11"
+    alpha: float = 0.7  # weight of the teacher's soft scores; 1 - alpha on the gold labels
+    temperature: float = 2.0
+    unlabelled: list[str] = field(default_factory=list)  # files of texts without labels (JSONL "text" or lines)
+    augment_copies: int = 0  # obfuscated copies of each training text (needs training/finetune/augment.py)
+    teacher_cache: str | None = None  # where the teacher's logits are cached (None: RUN/teacher)
+    # The student starts from trained weights (head included): one learning rate for all of it.
+    learning_rate: float = 1e-4
+    head_learning_rate: float = 1e-4
+    min_train_positives: int = 1  # the student's trained categories are the teacher's, whatever the counts
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.teacher:
+            raise ValueError("a teacher is needed (--teacher BUNDLE_OR_RUN)")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError("alpha must be in [0, 1]")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        if self.augment_copies < 0:
+            raise ValueError("augment_copies must be >= 0")
+        explicit = parse_layer_map(self.layer_map)
+        if explicit is not None:
+            if self.layers and self.layers != len(explicit):
+                raise ValueError(f"--layers {self.layers} but --layer-map {self.layer_map!r} lists {len(explicit)} layers")
+            self.layers = len(explicit)
+        if self.layers < 1:
+            raise ValueError("--layers K must be >= 1")
+        self.unlabelled = [str(p) for p in self.unlabelled]
+
+
+@dataclass
+class ExportOptions:
+    """Everything that defines an export (``shenhe export``); see training/finetune/export.py."""
+
+    run: Path  # a finished run directory, or a bundle to re-export
+    out: Path
+    name: str | None = None  # default: the out folder's name
+    version: str | None = None  # default: today's date
+    data: Path | None = None  # default: the run's --data
+    policy: Path | None = None  # base policy (targets, word lists); default: the shipped policy
+    baseline: Path | None = None  # a `shenhe train --arch tfidf` run to compare with in the card
+    calibration: str | None = None  # platt | isotonic; default: the run's choice
+    threads: int | None = None
+    batch_size: int = 64
+    allow_parity_failure: bool = False
+    show_progress: bool = True
+    quantization: str = "auto"  # auto (the fastest scheme whose quality holds) or one of QUANT_SCHEMES
+    base: str | None = None  # the encoder a bundle was trained from (needed to re-export a bundle)
+
+
+# ---- command-line options fall through to these defaults --------------------------------------------
+
+
+def default_help(cls: type[Any], name: str) -> str:
+    """``[default: X]`` for an option's help text, X being the dataclass field's default (set only there)."""
+    value = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    return f"\\[default: {'none' if value is None else value}]"
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options given on the command line; one left out (None) falls through to the dataclass default."""
+    return {name: value for name, value in options.items() if value is not None}

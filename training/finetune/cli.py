@@ -1,8 +1,10 @@
-"""`shenhe train` and `shenhe export`. Light imports only: torch, transformers and sklearn load inside commands."""
+"""`shenhe train`, `shenhe distill`, `shenhe export` and `shenhe card`. Light imports only: torch, transformers and sklearn load inside commands."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +13,16 @@ import typer
 from shenhe.models.bundle import BundleError
 from shenhe.models.errors import UserError, cli_errors
 from shenhe.models.policy import PolicyError
+from shenhe.training.data import BUILD_DIR
+from shenhe.training.finetune.args import (
+    LAYER_MAPS,
+    DistillArguments,
+    ExportOptions,
+    TrainingArguments,
+    default_help,
+    given,
+)
 
-DEFAULT_DATA = Path("data/build")
 DEFAULT_BASE = "~/.cache/shenhe/encoders/me5-small-zh"
 
 
@@ -49,79 +59,111 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+# With --resume, only these may change; every other setting is the run's own (run.json).
+RESUMABLE = ("epochs", "max_steps", "time_budget_minutes", "threads", "early_stopping_patience",
+             "snapshot_every_steps", "average_last")
+
+
 def train_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoints, logs, final model, metrics).")],
     base: Annotated[str | None, typer.Option(
         "--base", help="Encoder: local directory or hub id (default: the imported me5-small-zh in ~/.cache/shenhe).")] = None,
-    data: Annotated[Path, typer.Option("--data", help="Folder with train.jsonl, dev.jsonl and (optional) test.jsonl.")] = DEFAULT_DATA,
+    data: Annotated[Path, typer.Option("--data", help="Folder with train.jsonl, dev.jsonl and (optional) test.jsonl.")] = BUILD_DIR,
     init_from: Annotated[Path | None, typer.Option(
         "--init-from", help="Warm start from a run, its model/ folder or a bundle fine-tuned from --base "
                             "(e.g. models/default when retraining on reviewer labels).")] = None,
     arch: Annotated[str, typer.Option("--arch", help="bert (fine-tune the encoder) or tfidf (baseline).")] = "bert",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (default 3).")] = None,
-    lr: Annotated[float, typer.Option("--lr", help="Encoder learning rate.")] = 5e-5,
-    head_lr: Annotated[float, typer.Option("--head-lr", help="Head learning rate.")] = 5e-4,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per window.")] = 128,
-    stride: Annotated[int, typer.Option("--stride", help="Tokens shared by consecutive windows of a long text.")] = 32,
-    warmup_ratio: Annotated[float, typer.Option("--warmup-ratio")] = 0.06,
-    seed: Annotated[int, typer.Option("--seed")] = 42,
+    epochs: Annotated[int | None, typer.Option("--epochs", help=f"Epochs. {default_help(TrainingArguments, 'epochs')}")] = None,
+    lr: Annotated[float | None, typer.Option(
+        "--lr", help=f"Encoder learning rate. {default_help(TrainingArguments, 'learning_rate')}")] = None,
+    head_lr: Annotated[float | None, typer.Option(
+        "--head-lr", help=f"Head learning rate. {default_help(TrainingArguments, 'head_learning_rate')}")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", help=default_help(TrainingArguments, "batch_size"))] = None,
+    max_length: Annotated[int | None, typer.Option(
+        "--max-length", help=f"Tokens per window. {default_help(TrainingArguments, 'max_length')}")] = None,
+    stride: Annotated[int | None, typer.Option(
+        "--stride", help="Tokens shared by consecutive windows of a long text. "
+                         f"{default_help(TrainingArguments, 'window_stride')}")] = None,
+    warmup_ratio: Annotated[float | None, typer.Option(
+        "--warmup-ratio", help=default_help(TrainingArguments, "warmup_ratio"))] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help=default_help(TrainingArguments, "seed"))] = None,
     freeze_embeddings: Annotated[bool | None, typer.Option(
         "--freeze-embeddings/--train-embeddings", help="Default: frozen on CPU, trained on GPU.")] = None,
-    freeze_layers: Annotated[int, typer.Option("--freeze-layers", help="Freeze the bottom N transformer layers.")] = 0,
+    freeze_layers: Annotated[int | None, typer.Option(
+        "--freeze-layers", help=f"Freeze the bottom N transformer layers. {default_help(TrainingArguments, 'freeze_layers')}")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimiser steps.")] = None,
     time_budget: Annotated[float | None, typer.Option(
         "--time-budget-minutes", help="Stop training after this many minutes (over all resumes), then evaluate.")] = None,
     max_train_samples: Annotated[int | None, typer.Option(
         "--max-train-samples", help="Deterministic subsample; rare-category positives are always kept.")] = None,
     max_per_source: Annotated[int | None, typer.Option("--max-per-source", help="Cap train rows per source.")] = None,
-    eval_every: Annotated[int, typer.Option("--eval-every-steps", help="Dev evaluation every N steps (0: epochs only).")] = 300,
-    eval_samples: Annotated[int, typer.Option("--eval-samples", help="Dev subsample during training (0: all).")] = 2000,
-    save_every: Annotated[int, typer.Option("--save-every-steps", help="Checkpoint every N steps.")] = 100,
-    patience: Annotated[int | None, typer.Option("--patience", min=1, help="Early stopping: evaluations without improvement (default 3; with --resume, replaces the run's value).")] = None,
+    eval_every: Annotated[int | None, typer.Option(
+        "--eval-every-steps", help="Dev evaluation every N steps (0: epochs only). "
+                                   f"{default_help(TrainingArguments, 'eval_every_steps')}")] = None,
+    eval_samples: Annotated[int | None, typer.Option(
+        "--eval-samples", help=f"Dev subsample during training (0: all). {default_help(TrainingArguments, 'eval_samples')}")] = None,
+    save_every: Annotated[int | None, typer.Option(
+        "--save-every-steps", help=f"Checkpoint every N steps. {default_help(TrainingArguments, 'save_every_steps')}")] = None,
+    patience: Annotated[int | None, typer.Option(
+        "--patience", min=1, help="Early stopping: evaluations without improvement (with --resume, replaces the run's "
+                                  f"value). {default_help(TrainingArguments, 'early_stopping_patience')}")] = None,
     snapshot_every: Annotated[int | None, typer.Option(
         "--snapshot-every-steps", min=1, help="Keep the trainable weights every N steps in snapshots/ (for --average-last).")] = None,
     average_last: Annotated[int | None, typer.Option(
         "--average-last", min=0, help="At the end, average the last K snapshots; the average is the final model when it "
-                                      "scores at least as well on the dev subsample as the best checkpoint (0: off).")] = None,
+                                      "scores at least as well on the dev subsample as the best checkpoint (0: off). "
+                                      f"{default_help(TrainingArguments, 'average_last')}")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: cores available).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    calibration: Annotated[str, typer.Option("--calibration", help="platt or isotonic.")] = "platt",
-    min_train_positives: Annotated[int, typer.Option(
-        "--min-train-positives", help="Categories with fewer training positives are untrained (masked).")] = 20,
-    oversample_rare: Annotated[int, typer.Option(
+    device: Annotated[str | None, typer.Option(
+        "--device", help=f"auto, cpu or cuda. {default_help(TrainingArguments, 'device')}")] = None,
+    calibration: Annotated[str | None, typer.Option(
+        "--calibration", help=f"platt or isotonic. {default_help(TrainingArguments, 'calibration')}")] = None,
+    min_train_positives: Annotated[int | None, typer.Option(
+        "--min-train-positives", help="Categories with fewer training positives are untrained (masked). "
+                                      f"{default_help(TrainingArguments, 'min_train_positives')}")] = None,
+    oversample_rare: Annotated[int | None, typer.Option(
         "--oversample-rare", help="Repeat positives of categories with fewer training rows, up to about N per epoch "
-                                  "(at most 8 copies; 0: off).")] = 0,
+                                  f"(at most 8 copies; 0: off). {default_help(TrainingArguments, 'oversample_rare')}")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Fine-tune an encoder (or fit the TF-IDF baseline) on the built corpus; calibrate and pick thresholds on dev."""
 
     _passive_openmp()
+    # Options map to TrainingArguments fields; an option not given keeps the dataclass default.
+    overrides = given(
+        epochs=epochs, learning_rate=lr, head_learning_rate=head_lr, batch_size=batch_size, max_length=max_length,
+        window_stride=stride, warmup_ratio=warmup_ratio, seed=seed, freeze_embeddings=freeze_embeddings,
+        freeze_layers=freeze_layers, max_steps=max_steps, time_budget_minutes=time_budget,
+        max_train_samples=max_train_samples, max_per_source=max_per_source, eval_every_steps=eval_every,
+        eval_samples=eval_samples, save_every_steps=save_every, early_stopping_patience=patience,
+        snapshot_every_steps=snapshot_every, average_last=average_last, threads=threads, device=device,
+        calibration=calibration, min_train_positives=min_train_positives, oversample_rare=oversample_rare,
+    )
+    for name in ("eval_every_steps", "eval_samples"):  # 0 on the command line: off (None in the dataclass)
+        if overrides.get(name) == 0:
+            overrides[name] = None
 
     @cli_errors(*_expected_errors(), OSError)
     def run() -> None:
         if arch == "tfidf":
             from shenhe.training.finetune.tfidf import TfidfArguments, train_tfidf
 
-            info = train_tfidf(TfidfArguments(data=data, out=out, max_train_samples=max_train_samples,
-                                              max_per_source=max_per_source, seed=seed, calibration=calibration,
-                                              min_train_positives=min_train_positives))
+            tfidf_fields = {f.name for f in dataclasses.fields(TfidfArguments)}
+            info = train_tfidf(TfidfArguments(data=data, out=out, **{k: v for k, v in overrides.items() if k in tfidf_fields}))
             print(json.dumps({k: info[k] for k in ("train_rows", "features", "fit_seconds", "dev_macro_f1",
                                                    "test_macro_f1")}, ensure_ascii=False))
             return
         if arch != "bert":
             raise UserError(f"--arch must be bert or tfidf, not {arch!r}")
-        from shenhe.training.finetune.args import TrainingArguments
         from shenhe.training.finetune.trainer import load_run_args, train
 
         if resume:
             args = load_run_args(out)
-            for name, value in (("epochs", epochs), ("max_steps", max_steps), ("time_budget_minutes", time_budget),
-                                ("threads", threads), ("early_stopping_patience", patience),
-                                ("snapshot_every_steps", snapshot_every), ("average_last", average_last)):
-                if value is not None:
-                    setattr(args, name, value)
+            for name in RESUMABLE:
+                if name in overrides:
+                    setattr(args, name, overrides[name])
             try:
                 args.__post_init__()  # the overrides are checked like a new run's arguments
             except ValueError as e:
@@ -130,20 +172,8 @@ def train_cmd(
             chosen = base or _default_base()
             base_path = Path(chosen).expanduser()
             try:
-                args = TrainingArguments(
-                    base=str(base_path) if base_path.exists() else chosen, data=data, out=out,
-                    init_from=str(init_from) if init_from else None,
-                    epochs=epochs or 3, learning_rate=lr, head_learning_rate=head_lr, batch_size=batch_size,
-                    max_length=max_length, window_stride=stride, warmup_ratio=warmup_ratio, seed=seed,
-                    freeze_embeddings=freeze_embeddings, freeze_layers=freeze_layers, max_steps=max_steps,
-                    time_budget_minutes=time_budget, max_train_samples=max_train_samples,
-                    max_per_source=max_per_source, eval_every_steps=eval_every or None,
-                    eval_samples=eval_samples or None, save_every_steps=save_every,
-                    **({} if patience is None else {"early_stopping_patience": patience}),  # None: the dataclass default
-                    threads=threads, device=device, calibration=calibration,  # type: ignore[arg-type]
-                    min_train_positives=min_train_positives, oversample_rare=oversample_rare,
-                    snapshot_every_steps=snapshot_every, average_last=average_last or 0,
-                )
+                args = TrainingArguments(base=str(base_path) if base_path.exists() else chosen, data=data, out=out,
+                                         init_from=str(init_from) if init_from else None, **overrides)
             except ValueError as e:
                 raise UserError(str(e)) from None
         try:
@@ -165,19 +195,24 @@ def distill_cmd(
         "--teacher", help="The teacher: a bundle (e.g. models/default) or a finished `shenhe train` run.")] = None,
     layers: Annotated[int | None, typer.Option(
         "--layers", min=1, help="K: encoder layers the student keeps (e.g. 6, 4 or 3 of the teacher's 12).")] = None,
-    layer_map: Annotated[str, typer.Option(
+    layer_map: Annotated[str | None, typer.Option(
         "--layer-map", help="Which teacher layers: spread (every n/K-th, ending at the top layer: 1,3,...,11 for "
-                            "K=6), bottom (the first K), or a list such as 0,4,8,11.")] = "spread",
-    data: Annotated[Path, typer.Option("--data", help="Folder with train.jsonl, dev.jsonl and (optional) test.jsonl.")] = DEFAULT_DATA,
+                            "K=6), bottom (the first K), or a list such as 0,4,8,11. "
+                            f"{default_help(DistillArguments, 'layer_map')}")] = None,
+    data: Annotated[Path, typer.Option("--data", help="Folder with train.jsonl, dev.jsonl and (optional) test.jsonl.")] = BUILD_DIR,
     unlabelled: Annotated[list[Path] | None, typer.Option(
         "--unlabelled", help="Texts without labels to learn the teacher's scores on (JSONL with \"text\", or one "
                              "text per line); repeatable. Texts in dev, test or holdout are dropped.")] = None,
-    augment_copies: Annotated[int, typer.Option(
-        "--augment-copies", min=0, help="Obfuscated copies of each training text, scored by the teacher too "
-                                        "(needs training/finetune/augment.py).")] = 0,
-    alpha: Annotated[float, typer.Option(
-        "--alpha", min=0.0, max=1.0, help="Weight of the teacher's soft scores; 1 - alpha on the gold labels.")] = 0.7,
-    temperature: Annotated[float, typer.Option("--temperature", min=0.01, help="Softens both logits in the teacher term.")] = 2.0,
+    augment_copies: Annotated[int | None, typer.Option(
+        "--augment-copies", min=0, help="Obfuscated copies of each training text, scored by the teacher too (needs "
+                                        "training/finetune/augment.py). "
+                                        f"{default_help(DistillArguments, 'augment_copies')}")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        "--alpha", min=0.0, max=1.0, help="Weight of the teacher's soft scores; 1 - alpha on the gold labels. "
+                                          f"{default_help(DistillArguments, 'alpha')}")] = None,
+    temperature: Annotated[float | None, typer.Option(
+        "--temperature", min=0.01, help="Softens both logits in the teacher term. "
+                                        f"{default_help(DistillArguments, 'temperature')}")] = None,
     base: Annotated[str | None, typer.Option(
         "--base", help="The encoder the teacher was fine-tuned from (default: a run's own; for a bundle, the "
                        "imported me5-small-zh).")] = None,
@@ -185,14 +220,19 @@ def distill_cmd(
         "--teacher-cache", help="Folder for the teacher's cached logits (default RUN/teacher); students of one "
                                 "teacher on one corpus can share it.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (default 3).")] = None,
-    lr: Annotated[float, typer.Option("--lr", help="Encoder learning rate.")] = 1e-4,
-    head_lr: Annotated[float, typer.Option("--head-lr", help="Head learning rate (the head is the teacher's).")] = 1e-4,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    epochs: Annotated[int | None, typer.Option("--epochs", help=f"Epochs. {default_help(DistillArguments, 'epochs')}")] = None,
+    lr: Annotated[float | None, typer.Option(
+        "--lr", help=f"Encoder learning rate. {default_help(DistillArguments, 'learning_rate')}")] = None,
+    head_lr: Annotated[float | None, typer.Option(
+        "--head-lr", help=f"Head learning rate (the head is the teacher's). "
+                          f"{default_help(DistillArguments, 'head_learning_rate')}")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", help=default_help(DistillArguments, "batch_size"))] = None,
     max_length: Annotated[int | None, typer.Option("--max-length", help="Tokens per window (default: the teacher's).")] = None,
     stride: Annotated[int | None, typer.Option("--stride", help="Window overlap (default: the teacher's).")] = None,
-    warmup_ratio: Annotated[float, typer.Option("--warmup-ratio")] = 0.06,
-    seed: Annotated[int, typer.Option("--seed")] = 42,
+    warmup_ratio: Annotated[float | None, typer.Option(
+        "--warmup-ratio", help=default_help(DistillArguments, "warmup_ratio"))] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help=default_help(DistillArguments, "seed"))] = None,
     freeze_embeddings: Annotated[bool | None, typer.Option(
         "--freeze-embeddings/--train-embeddings", help="Default: frozen on CPU, trained on GPU.")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimiser steps.")] = None,
@@ -201,38 +241,59 @@ def distill_cmd(
     max_train_samples: Annotated[int | None, typer.Option(
         "--max-train-samples", help="Deterministic subsample of train; rare-category positives are always kept.")] = None,
     max_per_source: Annotated[int | None, typer.Option("--max-per-source", help="Cap train rows per source.")] = None,
-    eval_every: Annotated[int, typer.Option("--eval-every-steps", help="Dev evaluation every N steps (0: epochs only).")] = 300,
-    eval_samples: Annotated[int, typer.Option("--eval-samples", help="Dev subsample during training (0: all).")] = 2000,
-    save_every: Annotated[int, typer.Option("--save-every-steps", help="Checkpoint every N steps.")] = 100,
-    patience: Annotated[int | None, typer.Option("--patience", min=1, help="Early stopping: evaluations without improvement (default 3).")] = None,
+    eval_every: Annotated[int | None, typer.Option(
+        "--eval-every-steps", help="Dev evaluation every N steps (0: epochs only). "
+                                   f"{default_help(DistillArguments, 'eval_every_steps')}")] = None,
+    eval_samples: Annotated[int | None, typer.Option(
+        "--eval-samples", help=f"Dev subsample during training (0: all). {default_help(DistillArguments, 'eval_samples')}")] = None,
+    save_every: Annotated[int | None, typer.Option(
+        "--save-every-steps", help=f"Checkpoint every N steps. {default_help(DistillArguments, 'save_every_steps')}")] = None,
+    patience: Annotated[int | None, typer.Option(
+        "--patience", min=1, help="Early stopping on the student's dev macro-F1: evaluations without improvement. "
+                                  f"{default_help(DistillArguments, 'early_stopping_patience')}")] = None,
     snapshot_every: Annotated[int | None, typer.Option(
         "--snapshot-every-steps", min=1, help="Keep the trainable weights every N steps (for --average-last).")] = None,
     average_last: Annotated[int | None, typer.Option(
-        "--average-last", min=0, help="Average the last K snapshots at the end when that scores at least as well.")] = None,
+        "--average-last", min=0, help="Average the last K snapshots at the end when that scores at least as well. "
+                                      f"{default_help(DistillArguments, 'average_last')}")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: cores available).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda (the teacher always runs on onnxruntime, CPU).")] = "auto",
-    calibration: Annotated[str, typer.Option("--calibration", help="platt or isotonic.")] = "platt",
+    device: Annotated[str | None, typer.Option(
+        "--device", help="auto, cpu or cuda (the teacher always runs on onnxruntime, CPU). "
+                         f"{default_help(DistillArguments, 'device')}")] = None,
+    calibration: Annotated[str | None, typer.Option(
+        "--calibration", help=f"platt or isotonic. {default_help(DistillArguments, 'calibration')}")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Distil a teacher (bundle or run) into a student with K of its layers, trained on the teacher's cached window
     logits plus the gold labels; export it with `shenhe export --run`."""
 
     _passive_openmp()
+    # Options map to DistillArguments fields; an option not given keeps the dataclass default.
+    overrides = given(
+        layers=layers, layer_map=layer_map, augment_copies=augment_copies, alpha=alpha, temperature=temperature,
+        epochs=epochs, learning_rate=lr, head_learning_rate=head_lr, batch_size=batch_size, max_length=max_length,
+        window_stride=stride, warmup_ratio=warmup_ratio, seed=seed, freeze_embeddings=freeze_embeddings,
+        max_steps=max_steps, time_budget_minutes=time_budget, max_train_samples=max_train_samples,
+        max_per_source=max_per_source, eval_every_steps=eval_every, eval_samples=eval_samples,
+        save_every_steps=save_every, early_stopping_patience=patience, snapshot_every_steps=snapshot_every,
+        average_last=average_last, threads=threads, device=device, calibration=calibration,
+    )
+    for name in ("eval_every_steps", "eval_samples"):  # 0 on the command line: off (None in the dataclass)
+        if overrides.get(name) == 0:
+            overrides[name] = None
 
     @cli_errors(*_expected_errors(), OSError)
     def run() -> None:
-        from shenhe.training.finetune.distill import DistillArguments, distill
+        from shenhe.training.finetune.distill import distill
         from shenhe.training.finetune.trainer import load_run_args
 
         if resume:
             args = load_run_args(out, DistillArguments, kind="distill")
-            for name, value in (("epochs", epochs), ("max_steps", max_steps), ("time_budget_minutes", time_budget),
-                                ("threads", threads), ("early_stopping_patience", patience),
-                                ("snapshot_every_steps", snapshot_every), ("average_last", average_last)):
-                if value is not None:
-                    setattr(args, name, value)
+            for name in RESUMABLE:
+                if name in overrides:
+                    setattr(args, name, overrides[name])
             try:
-                args.__post_init__()
+                args.__post_init__()  # the overrides are checked like a new run's arguments
             except ValueError as e:
                 raise UserError(str(e)) from None
         else:
@@ -240,28 +301,19 @@ def distill_cmd(
 
             if teacher is None:
                 raise UserError("--teacher is needed (a bundle such as models/default, or a finished run)")
-            if layers is None and layer_map in ("spread", "bottom"):
+            if layers is None and overrides.get("layer_map", "spread") in LAYER_MAPS:
                 raise UserError("--layers K is needed (or an explicit --layer-map such as 0,4,8,11)")
             found = resolve_teacher(teacher)
             chosen = base or found.base or _default_base()
             base_path = Path(chosen).expanduser()
+            # The student's windows are the teacher's unless given.
+            overrides.setdefault("max_length", found.max_length)
+            overrides.setdefault("window_stride", found.window_stride)
             try:
                 args = DistillArguments(
-                    base=str(base_path) if base_path.exists() else chosen, data=data, out=out,
-                    teacher=str(teacher), layers=layers or 0, layer_map=layer_map, alpha=alpha,
-                    temperature=temperature, unlabelled=[str(p) for p in unlabelled or []],
-                    augment_copies=augment_copies, teacher_cache=str(teacher_cache) if teacher_cache else None,
-                    epochs=epochs or 3, learning_rate=lr, head_learning_rate=head_lr, batch_size=batch_size,
-                    max_length=max_length or found.max_length,
-                    window_stride=stride if stride is not None else found.window_stride,
-                    warmup_ratio=warmup_ratio, seed=seed, freeze_embeddings=freeze_embeddings, max_steps=max_steps,
-                    time_budget_minutes=time_budget, max_train_samples=max_train_samples,
-                    max_per_source=max_per_source, eval_every_steps=eval_every or None,
-                    eval_samples=eval_samples or None, save_every_steps=save_every,
-                    **({} if patience is None else {"early_stopping_patience": patience}),
-                    threads=threads, device=device, calibration=calibration,  # type: ignore[arg-type]
-                    snapshot_every_steps=snapshot_every, average_last=average_last or 0,
-                )
+                    base=str(base_path) if base_path.exists() else chosen, data=data, out=out, teacher=str(teacher),
+                    unlabelled=[str(p) for p in unlabelled or []],
+                    teacher_cache=str(teacher_cache) if teacher_cache else None, **overrides)
             except ValueError as e:
                 raise UserError(str(e)) from None
         try:
@@ -290,10 +342,10 @@ def export_cmd(
     baseline: Annotated[Path | None, typer.Option("--baseline", help="TF-IDF run to compare with in the card.")] = None,
     calibration: Annotated[str | None, typer.Option("--calibration", help="platt or isotonic.")] = None,
     threads: Annotated[int | None, typer.Option("--threads")] = None,
-    quantization: Annotated[str, typer.Option(
+    quantization: Annotated[str | None, typer.Option(
         "--quantization", help="auto (the fastest scheme that loses at most 0.5 point of macro-F1 and of each "
                                "category's average precision against fp32, on dev and test), dynamic, weight-only, "
-                               "weight-only-fp32 or fp32.")] = "auto",
+                               f"weight-only-fp32 or fp32. {default_help(ExportOptions, 'quantization')}")] = None,
     base: Annotated[str | None, typer.Option(
         "--base", help="Re-exporting a bundle: the encoder it was trained from (default: the imported me5-small-zh).")] = None,
     allow_parity_failure: Annotated[bool, typer.Option(
@@ -306,13 +358,13 @@ def export_cmd(
 
     @cli_errors(*_expected_errors(), OSError)
     def go() -> None:
-        from shenhe.training.finetune.export import ExportOptions, export_bundle
+        from shenhe.training.finetune.export import export_bundle
 
-        path = export_bundle(ExportOptions(run=run, out=out, name=name, version=version, data=data, policy=policy,
-                                           baseline=baseline, calibration=calibration, threads=threads,
-                                           allow_parity_failure=allow_parity_failure, show_progress=not quiet,
-                                           quantization=quantization,
-                                           base=base or (_default_base() if (run / "bundle.json").is_file() else None)))
+        path = export_bundle(ExportOptions(
+            run=run, out=out, allow_parity_failure=allow_parity_failure, show_progress=not quiet,
+            base=base or (_default_base() if (run / "bundle.json").is_file() else None),
+            **given(name=name, version=version, data=data, policy=policy, baseline=baseline, calibration=calibration,
+                     threads=threads, quantization=quantization)))
         metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
         parity = {k: v for k, v in metrics["parity"].items() if k != "attempts"}
         print(json.dumps({"bundle": str(path), "dev_macro_f1": metrics["dev"]["macro_f1"],
@@ -326,7 +378,31 @@ def export_cmd(
     go()
 
 
+def card_cmd(
+    bundle: Annotated[Path, typer.Option("--bundle", help="Bundle directory whose MODEL_CARD.md to render again.")],
+    check: Annotated[bool, typer.Option(
+        "--check", help="Write nothing; exit 1 when the card on disk differs from a fresh rendering.")] = False,
+) -> None:
+    """Render a bundle's MODEL_CARD.md again from its own files (bundle.json, policy.yaml, metrics.json) with
+    the current template, and record the card's new hash in bundle.json."""
+
+    @cli_errors(BundleError, PolicyError, OSError)
+    def go() -> None:
+        from shenhe.training.finetune.model_card import write_bundle_card
+
+        differs = write_bundle_card(bundle, check=check)
+        card = bundle / "MODEL_CARD.md"
+        if check and differs:
+            raise UserError(f"{card} differs from a fresh rendering; update it with: shenhe card --bundle {bundle}",
+                            exit_code=1)
+        done = "rendered again; bundle.json updated" if differs else "up to date"
+        print(f"{card}: {done}", file=sys.stderr)
+
+    go()
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
     app.command("distill")(distill_cmd)
     app.command("export")(export_cmd)
+    app.command("card")(card_cmd)

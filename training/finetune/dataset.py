@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shenhe.models.jsonl import JsonlError, read_labelled
 from shenhe.models.normalize import normalize_text
 from shenhe.models.policy import CATEGORY_SLUGS
 
@@ -77,44 +77,18 @@ class Split:
 
 
 def read_split(path: Path, name: str | None = None) -> Split:
-    """Read ``{"id","text","labels":[slugs],"source","weight"?}`` lines; a bad line is a one-line DataError."""
-    ids: list[str] = []
-    texts: list[str] = []
-    rows: list[np.ndarray] = []
-    sources: list[str] = []
-    weights: list[float] = []
-    index = {slug: c for c, slug in enumerate(CATEGORY_SLUGS)}
+    """Read a labelled split with :func:`shenhe.models.jsonl.read_labelled` (its rules: ``text`` and
+    ``labels`` required, optional ``id``, ``source`` and ``weight``); a bad line is a one-line DataError. A row
+    without an ``id`` is keyed by file and line (``train:12``), one without a ``source`` counts as
+    ``unknown``."""
     try:
-        fh = path.open(encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.__class__.__name__})") from None
-    with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                text = obj["text"]
-                labels = obj.get("labels", [])
-                if not isinstance(text, str) or not isinstance(labels, list):
-                    raise TypeError
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise DataError(f"{path}:{lineno}: expected a JSON object with 'text' and 'labels'") from None
-            weight = obj.get("weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < 1e6:
-                raise DataError(f"{path}:{lineno}: 'weight' must be a positive number (got {weight!r})")
-            vec = np.zeros(len(CATEGORY_SLUGS), dtype=np.float32)
-            for slug in labels:
-                if slug not in index:
-                    raise DataError(f"{path}:{lineno}: unknown category {slug!r}")
-                vec[index[slug]] = 1.0
-            ids.append(str(obj.get("id", f"{path.stem}:{lineno}")))
-            texts.append(text)
-            rows.append(vec)
-            sources.append(str(obj.get("source", "unknown")))
-            weights.append(float(weight))
-    labels_arr = np.stack(rows) if rows else np.zeros((0, len(CATEGORY_SLUGS)), dtype=np.float32)
-    return Split(name or path.stem, ids, texts, labels_arr, sources, weights=np.asarray(weights, dtype=np.float32))
+        rows = read_labelled(path)
+    except JsonlError as e:
+        raise DataError(str(e)) from None
+    ids = [ident if ident is not None else f"{path.stem}:{line}" for ident, line in zip(rows.ids, rows.lines, strict=True)]
+    sources = [source if source is not None else "unknown" for source in rows.sources]
+    return Split(name or path.stem, ids, rows.texts, rows.labels.astype(np.float32), sources,
+                 weights=rows.weights)
 
 
 def read_splits(data_dir: Path, require: Sequence[str] = ("train", "dev")) -> dict[str, Split]:

@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from shenhe.models.cores import default_threads
 from shenhe.models.normalize import normalize_text
 from shenhe.models.policy import CATEGORY_SLUGS
 from shenhe.models.windowing import Window, WindowTokenizer
-from shenhe.training.finetune.args import TrainingArguments
+from shenhe.training.finetune.args import DistillArguments, parse_layer_map
 from shenhe.training.finetune.dataset import DataError, Split, read_split
 from shenhe.training.finetune.errors import TrainError
 from shenhe.training.finetune.model import MultiLabelClassifier, keep_layers, load_base
@@ -60,62 +60,10 @@ from shenhe.training.finetune.warm_start import init_from
 
 log = logging.getLogger("shenhe.train")
 
-LAYER_MAPS = ("spread", "bottom")
 TEACHER_DIR = "teacher"
 
 
-@dataclass
-class DistillArguments(TrainingArguments):
-    """A ``shenhe train`` run's arguments plus the teacher and how to learn from it (saved in run.json)."""
-
-    teacher: str = ""  # a bundle or a finished `shenhe train` run
-    layers: int = 0  # K: encoder layers the student keeps (0: as many as an explicit layer_map lists)
-    layer_map: str = "spread"  # spread | bottom | an explicit list of teacher layers, e.g. "0,4,8,11"
-    alpha: float = 0.7  # weight of the teacher's soft scores; 1 - alpha on the gold labels
-    temperature: float = 2.0
-    unlabelled: list[str] = field(default_factory=list)  # files of texts without labels (JSONL "text" or lines)
-    augment_copies: int = 0  # obfuscated copies of each training text (needs training/finetune/augment.py)
-    teacher_cache: str | None = None  # where the teacher's logits are cached (None: RUN/teacher)
-    # The student starts from trained weights (head included): one learning rate for all of it.
-    learning_rate: float = 1e-4
-    head_learning_rate: float = 1e-4
-    min_train_positives: int = 1  # the student's trained categories are the teacher's, whatever the counts
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.teacher:
-            raise ValueError("a teacher is needed (--teacher BUNDLE_OR_RUN)")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError("alpha must be in [0, 1]")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0")
-        if self.augment_copies < 0:
-            raise ValueError("augment_copies must be >= 0")
-        explicit = parse_layer_map(self.layer_map)
-        if explicit is not None:
-            if self.layers and self.layers != len(explicit):
-                raise ValueError(f"--layers {self.layers} but --layer-map {self.layer_map!r} lists {len(explicit)} layers")
-            self.layers = len(explicit)
-        if self.layers < 1:
-            raise ValueError("--layers K must be >= 1")
-        self.unlabelled = [str(p) for p in self.unlabelled]
-
-
 # -- the student's layers --------------------------------------------------------------------------------
-
-def parse_layer_map(layer_map: str) -> list[int] | None:
-    """None for ``spread``/``bottom``; the teacher layer indices of an explicit list ("0,4,8,11")."""
-    if layer_map in LAYER_MAPS:
-        return None
-    try:
-        picked = [int(x) for x in layer_map.replace(" ", "").split(",") if x != ""]
-    except ValueError:
-        picked = []
-    if not picked or any(i < 0 for i in picked) or picked != sorted(set(picked)):
-        raise ValueError(f"--layer-map must be spread, bottom or increasing layer indices like 0,4,8,11; "
-                         f"got {layer_map!r}")
-    return picked
-
 
 def choose_layers(n: int, k: int, layer_map: str = "spread") -> list[int]:
     """Which of the teacher's ``n`` layers (0 = the bottom) a ``k``-layer student keeps.

@@ -1,14 +1,20 @@
 """`shenhe export`: a finished run -> a verified model bundle (see models/bundle.py for the format).
 
-Steps: torch model -> fp32 ONNX -> INT8 ONNX; score dev (and test) with the INT8 model that ships;
-fit calibration and thresholds on those dev scores (so the thresholds are the shipped model's). ``dev.jsonl``
-is the *fit* part of dev: ``shenhe data build`` moves the held-apart half of each large source's dev rows to
-``holdout.jsonl``. Thresholds and calibration are never fit on it; export reads it for one yes/no per category:
-auto-block stays on only where the block precision holds in every held-apart source (thresholds.gate_blocks);
-check parity (fp32 ONNX vs torch, INT8 vs fp32); write metrics, policy, model card and hashes.
-The bundle is assembled in a temporary sibling directory and moved into place at the end.
-"""
+:func:`export_bundle` runs these steps (:func:`_export` reads as the list):
 
+1. ``_prepare``: the run, its data (``dev.jsonl`` is the *fit* part of dev: ``shenhe data build`` moves the
+   held-apart half of each large source's dev rows to ``holdout.jsonl``), the base policy and the torch model.
+2. ``_fp32_reference``: fp32 ONNX, its parity windows against torch, its scores judged (``_judge``:
+   calibration, thresholds and metrics fit on a model's own dev scores, training/finetune/fit.py).
+3. ``_choose_quantization``: each INT8 scheme, fastest first (``_try_scheme``), scored and judged the same
+   way and compared with fp32; the first that holds ships (``_keep_model``).
+4. ``_gate_blocks``: thresholds and calibration are never fit on ``holdout.jsonl``; export reads it for one
+   yes/no per category: auto-block stays on only where the block precision holds in every held-apart source
+   (thresholds.gate_blocks).
+5. ``_bundle_metrics``, ``_write_bundle``: metrics.json (parity, speed, the run's hyperparameters, framework
+   versions), policy, model card and hashes; the bundle is loaded back as the predictor will load it.
+6. ``_publish``: the bundle, assembled in a temporary sibling directory (``_staging``), moves into place.
+"""
 from __future__ import annotations
 
 import json
@@ -17,6 +23,8 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from shenhe.models.bundle import (
-    CARD_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
     MODEL_FILE,
@@ -33,44 +40,30 @@ from shenhe.models.bundle import (
     TOKENIZER_FILE,
     BundleManifest,
     file_hashes,
-    load_bundle,
     write_manifest,
 )
 from shenhe.models.cores import default_threads
-from shenhe.models.policy import CATEGORY_SLUGS, load_policy
+from shenhe.models.policy import CATEGORY_SLUGS, Policy, load_policy
 from shenhe.models.windowing import WindowTokenizer
+from shenhe.training.data import BUILD_DIR
+from shenhe.training.data.holdout import HOLDOUT_SPLIT
+from shenhe.training.finetune.args import ExportOptions
 from shenhe.training.finetune.calibrate import apply_calibration
 from shenhe.training.finetune.dataset import Split, read_split, read_splits
 from shenhe.training.finetune.errors import ExportError
-from shenhe.training.finetune.fit import gate_on_heldout, judge
+from shenhe.training.finetune.fit import Judged, gate_on_heldout, judge
 from shenhe.training.finetune.quality import quality_drops, quality_failures, worst_drop
 from shenhe.training.finetune.sources import describe_sources
 from shenhe.training.finetune.thresholds import decisions, points_as_dicts
 
 # Acceptance limits checked at export: fp32 ONNX must reproduce torch; a quantised model may lose at most half
-# a point of macro-F1 and of each trained category's average precision against fp32, on dev and on test.
+# a point of macro-F1 and of each trained category's average precision against fp32, on dev and on test
+# (quality.MAX_DROP).
 MAX_FP32_PROB_DIFF = 1e-4
-MAX_QUALITY_DROP = 0.005
 PARITY_TEXTS = 256
-DEFAULT_DATA = Path("data/build")
-
-
-@dataclass
-class ExportOptions:
-    run: Path
-    out: Path
-    name: str | None = None
-    version: str | None = None
-    data: Path | None = None  # default: the run's --data
-    policy: Path | None = None  # base policy (targets, word lists); default: the shipped policy
-    baseline: Path | None = None  # a `shenhe train --arch tfidf` run to compare with in the card
-    calibration: str | None = None  # platt | isotonic; default: the run's choice
-    threads: int | None = None
-    batch_size: int = 64
-    allow_parity_failure: bool = False
-    show_progress: bool = True
-    quantization: str = "auto"  # auto (the fastest scheme whose quality holds) or one of QUANT_SCHEMES
-    base: str | None = None  # the encoder a bundle was trained from (needed to re-export a bundle)
+# Run arguments that name files on the training machine, not hyperparameters.
+RUN_PATH_ARGS = ("base", "data", "out", "init_from", "extra", "teacher", "teacher_cache", "unlabelled")
+FRAMEWORKS = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy", "scikit-learn")
 
 
 def _read_run(run: Path) -> dict[str, Any]:
@@ -110,7 +103,7 @@ def _throughput(session: Any, windower: WindowTokenizer, texts: list[str]) -> di
 
 def _teacher_speed(distillation: dict[str, Any], windower: WindowTokenizer, texts: list[str],
                    threads: int) -> dict[str, Any]:
-    """The distilled student's teacher timed like the student (:func:`_throughput`), when it is a bundle that is
+    """A distilled student's teacher timed like the student (:func:`_throughput`), when it is a bundle that is
     still there, unchanged; otherwise why not."""
     from shenhe.models.bundle import sha256_file
     from shenhe.training.finetune.backend import ort_session
@@ -153,7 +146,7 @@ def export_bundle(opts: ExportOptions) -> Path:
         if not opts.base:
             raise ExportError(f"{opts.run} is a bundle: re-exporting it needs --base, the encoder it was trained from")
         scratch = Path(tempfile.mkdtemp(prefix="shenhe-recovered-"))
-        run_dir = recover_run(opts.run, opts.base, opts.data or DEFAULT_DATA, scratch)
+        run_dir = recover_run(opts.run, opts.base, opts.data or BUILD_DIR, scratch)
     try:
         return _export(opts, run_dir)
     finally:
@@ -166,211 +159,360 @@ def _is_bundle(path: Path) -> bool:
 
 
 def _export(opts: ExportOptions, run_dir: Path) -> Path:
+    """The steps, in order; the bundle is assembled in ``stage`` and moved to ``opts.out`` only at the end."""
+    job, model = _prepare(opts, run_dir)
+    with _staging(opts.out) as stage:
+        ref = _fp32_reference(job, model, stage)
+        chosen, attempts = _choose_quantization(job, ref, stage)
+        _keep_model(stage, ref, chosen, attempts)
+        judged = _gate_blocks(job, chosen)
+        metrics = _bundle_metrics(job, ref, chosen, judged, attempts)
+        _write_bundle(job, stage, judged.policy, judged.calibration, metrics)
+        _publish(stage, opts.out)
+    return opts.out
+
+
+# ---- the steps -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """What the options and the run fix before any model is exported."""
+
+    opts: ExportOptions
+    run_dir: Path
+    info: dict[str, Any]  # run.json
+    args: dict[str, Any]  # the run's TrainingArguments (run.json "args")
+    threads: int
+    data_dir: Path
+    dev: Split
+    test: Split | None
+    base_policy: Policy
+    trained: np.ndarray  # (9,) bool
+    name: str
+    version: str
+    calibration_method: str
+    tokenizer: Any  # the run's transformers tokenizer
+    windower: WindowTokenizer  # the windowing the bundle will use
+    pad_id: int
+    text_prefix: str
+
+    @property
+    def policy_version_tag(self) -> str:
+        return f"{self.name}.{self.version}"
+
+
+@dataclass
+class _Reference:
+    """The fp32 ONNX model: the quality every quantised scheme is judged against, and the parity windows."""
+
+    path: Path
+    torch_windows: np.ndarray  # torch logits of the parity texts' windows
+    fp32_windows: np.ndarray  # fp32 ONNX logits of the same windows
+    dev_logits: np.ndarray
+    judged: Judged
+
+
+@dataclass
+class _Candidate:
+    """One quantisation scheme, scored and judged."""
+
+    attempt: dict[str, Any]  # what metrics.json records for it
+    path: Path
+    session: Any  # its onnxruntime session
+    judged: Judged
+
+
+def _prepare(opts: ExportOptions, run_dir: Path) -> tuple[_Job, Any]:
+    """The run, its data, the base policy, and the run's torch model with the windowing the bundle will use."""
     import torch
 
-    from shenhe.training.finetune.backend import (
-        QUANT_SCHEMES,
-        SMOOTHING,
-        export_onnx,
-        max_prob_diff,
-        onnx_window_logits,
-        ort_session,
-        quantize_int8,
-        torch_window_logits,
-    )
     from shenhe.training.finetune.model import load_model
-    from shenhe.training.finetune.model_card import render_model_card
 
     info = _read_run(run_dir)
-    recovered: dict[str, Any] | None = info.get("recovered_from")
     args = info["args"]
     threads = opts.threads or default_threads()
     torch.set_num_threads(threads)
     data_dir = opts.data or Path(args["data"])
     splits = read_splits(data_dir)
-    dev: Split = splits["dev"]
-    test: Split | None = splits.get("test")
     base_policy = load_policy(opts.policy) if opts.policy else load_policy()
-    trained = np.array([s in info["summary"]["trained_categories"] for s in CATEGORY_SLUGS])
-    name = opts.name or opts.out.name
-    version = opts.version or datetime.now(UTC).strftime("%Y.%m.%d")
-    method = opts.calibration or args.get("calibration", "platt")
-
     # Eager attention: its export is what onnxruntime's optimizer recognises and fuses into Attention.
     model, tokenizer, meta = load_model(run_dir / "model", attn_implementation="eager")
     pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     prefix = str(meta.get("text_prefix", ""))
     windower = WindowTokenizer(tokenizer.backend_tokenizer, int(args["max_length"]), int(args["window_stride"]), pad_id,
                                text_prefix=prefix)
+    job = _Job(
+        opts=opts, run_dir=run_dir, info=info, args=args, threads=threads, data_dir=data_dir, dev=splits["dev"],
+        test=splits.get("test"), base_policy=base_policy,
+        trained=np.array([s in info["summary"]["trained_categories"] for s in CATEGORY_SLUGS]),
+        name=opts.name or opts.out.name, version=opts.version or datetime.now(UTC).strftime("%Y.%m.%d"),
+        calibration_method=opts.calibration or args.get("calibration", "platt"),
+        tokenizer=tokenizer, windower=windower, pad_id=pad_id, text_prefix=prefix,
+    )
+    return job, model
 
-    opts.out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{opts.out.name}.", dir=opts.out.parent))
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A temporary sibling of ``out`` to assemble the bundle in; removed unless :func:`_publish` moved it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        fp32_path = stage / "reference.fp32.onnx"
-        export_onnx(model, fp32_path, pad_id)
-        fp32 = ort_session(fp32_path, threads)
-
-        # Parity 1: fp32 ONNX vs torch, window by window, on dev texts (longest first, so windowing is covered).
-        by_len = sorted(range(len(dev)), key=lambda i: -len(dev.texts[i]))
-        parity_idx = sorted(set(by_len[: PARITY_TEXTS // 4]) | set(range(0, len(dev), max(1, len(dev) // PARITY_TEXTS))))
-        parity_texts = [dev.normalized[i] for i in parity_idx]
-        torch_w = torch_window_logits(model, windower, parity_texts, opts.batch_size)
-        _, fp32_w = onnx_window_logits(fp32, windower, parity_texts, opts.batch_size)
-        dev_fp32, _ = onnx_window_logits(fp32, windower, dev.normalized, opts.batch_size, opts.show_progress, "dev fp32")
-        test_fp32 = (onnx_window_logits(fp32, windower, test.normalized, opts.batch_size, opts.show_progress,
-                                        "test fp32")[0] if test is not None else None)
-        del fp32
-
-        # Quality, per scheme (fastest first): score dev and test with it, fit calibration and thresholds on
-        # its own dev scores (so a bundle's thresholds are always its own model's), and compare its quality
-        # with fp32 treated the same way. The first scheme that holds is shipped.
-        reference = judge(dev_fp32, test_fp32, dev, test, trained, method, base_policy, f"{name}.{version}")
-        schemes = list(QUANT_SCHEMES) if opts.quantization == "auto" else [opts.quantization]
-        attempts: list[dict[str, Any]] = []
-        chosen: dict[str, Any] | None = None
-        smoothed: dict[Any, Path] = {}
-        for scheme in schemes:
-            path = stage / f"model.{scheme}.onnx"
-            smoothing = SMOOTHING[scheme]
-            source = fp32_path
-            if smoothing is not None:  # SmoothQuant scaling: the same function in fp32, friendlier to INT8
-                if smoothing not in smoothed:
-                    smoothed[smoothing] = _smoothed_fp32(run_dir, dev.normalized, windower, pad_id,
-                                                         stage / f"smoothed{len(smoothed)}.fp32.onnx", smoothing)
-                source = smoothed[smoothing]
-            quantize_int8(source, path, scheme)
-            session = ort_session(path, threads)
-            dev_q, _ = onnx_window_logits(session, windower, dev.normalized, opts.batch_size, opts.show_progress,
-                                          f"dev {scheme}")
-            test_q = (onnx_window_logits(session, windower, test.normalized, opts.batch_size, opts.show_progress,
-                                         f"test {scheme}")[0] if test is not None else None)
-            judged = judge(dev_q, test_q, dev, test, trained, method, base_policy, f"{name}.{version}")
-            cal_probs_torch = apply_calibration(torch_w, judged.calibration)
-            cal_probs_fp32 = apply_calibration(fp32_w, judged.calibration)
-            fp32_diff = max(max_prob_diff(torch_w, fp32_w), float(np.max(np.abs(cal_probs_torch - cal_probs_fp32))))
-            # Reported, not gated: how often this model decides as the (never served) fp32 model would under
-            # this model's own policy.
-            dev_probs_fp32 = apply_calibration(dev_fp32, judged.calibration)
-            agree = float(np.mean(decisions(judged.dev_probs, judged.policy, trained)
-                                  == decisions(dev_probs_fp32, judged.policy, trained)))
-            failures = []
-            if fp32_diff > MAX_FP32_PROB_DIFF:
-                failures.append(f"fp32 ONNX differs from torch by {fp32_diff:.2e} > {MAX_FP32_PROB_DIFF:g}")
-            quality = quality_drops(reference, judged)
-            failures += [f"{scheme}: {f}" for f in quality_failures(quality)]
-            attempt = {
-                "scheme": scheme,
-                "quantization": QUANT_SCHEMES[scheme],
-                "size_bytes": path.stat().st_size,
-                "fp32_vs_torch_max_abs_prob_diff": fp32_diff,
-                "fp32_vs_torch_windows": len(torch_w),
-                "int8_vs_fp32_decision_agreement": round(agree, 4),
-                "int8_macro_f1_dev": judged.dev_metrics["macro_f1"],
-                "fp32_macro_f1_dev": reference.dev_metrics["macro_f1"],
-                "int8_macro_f1_drop": round(reference.dev_metrics["macro_f1"] - judged.dev_metrics["macro_f1"], 4),
-                "quality": quality,
-                "dev_texts": len(dev),
-                "passed": not failures,
-                "failures": failures,
-            }
-            attempts.append(attempt)
-            current = {"attempt": attempt, "path": path, "session": session, "judged": judged, "test_logits": test_q}
-            if chosen is None or worst_drop(quality) < worst_drop(chosen["attempt"]["quality"]):
-                chosen = current
-            if not failures:
-                chosen = current
-                break
-        assert chosen is not None
-        if not chosen["attempt"]["passed"] and not opts.allow_parity_failure:
-            raise ExportError("quality check failed: " + "; ".join(f for a in attempts for f in a["failures"]))
-        for extra in smoothed.values():
-            extra.unlink(missing_ok=True)
-        os.replace(chosen["path"], stage / MODEL_FILE)
-        for a in attempts:
-            (stage / f"model.{a['scheme']}.onnx").unlink(missing_ok=True)
-        int8: Any = chosen["session"]
-        judged = chosen["judged"]
-        held = data_dir / "holdout.jsonl"
-        if held.is_file():  # auto-block only where every held-apart source keeps the block precision
-            heldout = read_split(held, "holdout")
-            held_logits, _ = onnx_window_logits(int8, windower, heldout.normalized, opts.batch_size,
-                                                opts.show_progress, "holdout")
-            judged = gate_on_heldout(judged, held_logits, heldout, dev, test, base_policy, f"{name}.{version}")
-        calibration, points, policy = judged.calibration, judged.points, judged.policy
-        parity = {k: v for k, v in chosen["attempt"].items() if k != "failures"}
-        parity["attempts"] = attempts
-        parity["fp32_reference"] = reference.summary()
-        if recovered is not None:
-            parity["fp32_reference"]["note"] = ("weights recovered from the INT8 bundle "
-                                                f"{recovered['name']} {recovered['version']} (dequantised)")
-        scheme_label = QUANT_SCHEMES[chosen["attempt"]["scheme"]]
-
-        metrics: dict[str, Any] = {
-            "model": {"name": name, "version": version, "base_encoder": describe_base(str(args["base"])),
-                      "quantization": scheme_label},
-            "dev": judged.dev_metrics,
-        }
-        if test is not None:
-            metrics["test"] = judged.test_metrics
-        metrics["operating_points"] = points_as_dicts(points)
-        metrics["fit"] = {  # what calibration and thresholds were fit on; holdout.jsonl only gates auto-block
-            "split": "dev", "texts": len(dev), "sources": dev.source_counts(),
-            "held_apart_file": str(held) if held.is_file() else None,
-        }
-        if judged.block_gate is not None:
-            metrics["block_gate"] = judged.block_gate
-        metrics["parity"] = parity
-        metrics["speed"] = _throughput(int8, windower, dev.texts)
-        metrics["training"] = {k: info.get(k) for k in ("train_samples_per_second", "dev_macro_f1", "test_macro_f1")}
-        metrics["training"].update({k: info["summary"].get(k) for k in
-                                    ("device", "train_rows", "train_rows_available", "trained_categories",
-                                     "untrained_categories", "freeze_embeddings", "trainable_parameters",
-                                     "warm_start", "averaging", "distillation")})
-        if metrics["training"]["distillation"]:  # a distilled student: time its teacher too, same texts, same run
-            metrics["training"]["distillation"]["teacher_speed"] = _teacher_speed(
-                metrics["training"]["distillation"], windower, dev.texts, threads)
-        metrics["training"]["steps"] = info.get("state", {}).get("global_step")
-        metrics["training"]["stop_reason"] = info.get("state", {}).get("stop_reason")
-        if opts.baseline:
-            metrics["baseline"] = _baseline_metrics(opts.baseline)
-
-        fp32_path.unlink()
-        (stage / TOKENIZER_FILE).write_text(tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
-        (stage / POLICY_FILE).write_text(
-            "# Thresholds chosen on dev by `shenhe export` (see metrics.json: operating_points).\n" + policy.to_yaml(),
-            encoding="utf-8")
-        (stage / METRICS_FILE).write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        sources = describe_sources(data_dir, info["summary"].get("sources", {}))
-        manifest_kwargs = dict(
-            name=name, version=version, created=datetime.now(UTC).isoformat(timespec="seconds"),
-            base_encoder=describe_base(str(args["base"])), max_length=int(args["max_length"]),
-            window_stride=int(args["window_stride"]), pad_token_id=pad_id, text_prefix=prefix, slugs=CATEGORY_SLUGS,
-            trained_categories=tuple(s for s, t in zip(CATEGORY_SLUGS, trained, strict=True) if t),
-            calibration=calibration, data_sources=tuple(sources), quantization=scheme_label,
-            metrics={"dev_macro_f1": metrics["dev"]["macro_f1"],
-                     "test_macro_f1": metrics.get("test", {}).get("macro_f1"),
-                     "baseline_test_macro_f1": metrics.get("baseline", {}).get("test_macro_f1"),
-                     "int8_vs_fp32_decision_agreement": parity["int8_vs_fp32_decision_agreement"]},
-        )
-        card = render_model_card(manifest=BundleManifest(files={}, **manifest_kwargs), policy=policy,
-                                 metrics=metrics, sources=sources)
-        (stage / CARD_FILE).write_text(card, encoding="utf-8")
-        files = file_hashes(stage, (MODEL_FILE, TOKENIZER_FILE, POLICY_FILE, METRICS_FILE, CARD_FILE))
-        write_manifest(stage, BundleManifest(files=files, **manifest_kwargs))
-        load_bundle(stage)  # the bundle must load exactly as the predictor will load it
-
-        if opts.out.exists():
-            old = opts.out.with_name(f".{opts.out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(opts.out, old)
-            os.replace(stage, opts.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(stage, opts.out)
+        yield stage
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
-    return opts.out
+
+
+def _judge(job: _Job, dev_logits: np.ndarray, test_logits: np.ndarray | None) -> Judged:
+    """Calibration, thresholds and quality fit on one model's own dev scores (the way it would ship)."""
+    return judge(dev_logits, test_logits, job.dev, job.test, job.trained, job.calibration_method, job.base_policy, job.policy_version_tag)
+
+
+def _scores(job: _Job, session: Any, label: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Dev and test logits of one ONNX model (test None when the data has no test split)."""
+    from shenhe.training.finetune.backend import onnx_window_logits
+
+    o = job.opts
+    dev, _ = onnx_window_logits(session, job.windower, job.dev.normalized, o.batch_size, o.show_progress,
+                                f"dev {label}")
+    test = (onnx_window_logits(session, job.windower, job.test.normalized, o.batch_size, o.show_progress,
+                               f"test {label}")[0] if job.test is not None else None)
+    return dev, test
+
+
+def _fp32_reference(job: _Job, model: Any, stage: Path) -> _Reference:
+    """Export fp32 ONNX; its parity windows against torch, on dev texts (longest first, so windowing is
+    covered); its dev and test scores judged as a shipped model's would be."""
+    from shenhe.training.finetune.backend import (
+        export_onnx,
+        onnx_window_logits,
+        ort_session,
+        torch_window_logits,
+    )
+
+    dev, windower, batch = job.dev, job.windower, job.opts.batch_size
+    path = stage / "reference.fp32.onnx"
+    export_onnx(model, path, job.pad_id)
+    fp32 = ort_session(path, job.threads)
+    by_len = sorted(range(len(dev)), key=lambda i: -len(dev.texts[i]))
+    parity_idx = sorted(set(by_len[: PARITY_TEXTS // 4]) | set(range(0, len(dev), max(1, len(dev) // PARITY_TEXTS))))
+    parity_texts = [dev.normalized[i] for i in parity_idx]
+    torch_w = torch_window_logits(model, windower, parity_texts, batch)
+    _, fp32_w = onnx_window_logits(fp32, windower, parity_texts, batch)
+    dev_logits, test_logits = _scores(job, fp32, "fp32")
+    return _Reference(path, torch_w, fp32_w, dev_logits, _judge(job, dev_logits, test_logits))
+
+
+def _choose_quantization(job: _Job, ref: _Reference, stage: Path) -> tuple[_Candidate, list[dict[str, Any]]]:
+    """Quality, per scheme (fastest first): each is scored and judged on its own, and compared with fp32
+    treated the same way. The first scheme that holds ships; if none does, the least bad one (and the
+    export fails unless --allow-parity-failure)."""
+    from shenhe.training.finetune.backend import QUANT_SCHEMES
+
+    schemes = list(QUANT_SCHEMES) if job.opts.quantization == "auto" else [job.opts.quantization]
+    attempts: list[dict[str, Any]] = []
+    chosen: _Candidate | None = None
+    smoothed: dict[Any, Path] = {}
+    for scheme in schemes:
+        current = _try_scheme(job, ref, stage, scheme, smoothed)
+        attempts.append(current.attempt)
+        if chosen is None or worst_drop(current.attempt["quality"]) < worst_drop(chosen.attempt["quality"]):
+            chosen = current
+        if current.attempt["passed"]:
+            chosen = current
+            break
+    assert chosen is not None
+    if not chosen.attempt["passed"] and not job.opts.allow_parity_failure:
+        raise ExportError("quality check failed: " + "; ".join(f for a in attempts for f in a["failures"]))
+    for extra in smoothed.values():
+        extra.unlink(missing_ok=True)
+    return chosen, attempts
+
+
+def _try_scheme(job: _Job, ref: _Reference, stage: Path, scheme: str, smoothed: dict[Any, Path]) -> _Candidate:
+    """Quantise with ``scheme`` (from the SmoothQuant-scaled fp32 model where the scheme asks for it; those are
+    cached in ``smoothed``), score, judge, and check parity and quality against the reference."""
+    from shenhe.training.finetune.backend import (
+        QUANT_SCHEMES,
+        SMOOTHING,
+        max_prob_diff,
+        ort_session,
+        quantize_int8,
+    )
+
+    path = stage / f"model.{scheme}.onnx"
+    smoothing = SMOOTHING[scheme]
+    source = ref.path
+    if smoothing is not None:  # SmoothQuant scaling: the same function in fp32, friendlier to INT8
+        if smoothing not in smoothed:
+            smoothed[smoothing] = _smoothed_fp32(job.run_dir, job.dev.normalized, job.windower, job.pad_id,
+                                                 stage / f"smoothed{len(smoothed)}.fp32.onnx", smoothing)
+        source = smoothed[smoothing]
+    quantize_int8(source, path, scheme)
+    session = ort_session(path, job.threads)
+    judged = _judge(job, *_scores(job, session, scheme))
+    cal_probs_torch = apply_calibration(ref.torch_windows, judged.calibration)
+    cal_probs_fp32 = apply_calibration(ref.fp32_windows, judged.calibration)
+    fp32_diff = max(max_prob_diff(ref.torch_windows, ref.fp32_windows),
+                    float(np.max(np.abs(cal_probs_torch - cal_probs_fp32))))
+    # Reported, not gated: how often this model decides as the (never served) fp32 model would under
+    # this model's own policy.
+    dev_probs_fp32 = apply_calibration(ref.dev_logits, judged.calibration)
+    agree = float(np.mean(decisions(judged.dev_probs, judged.policy, job.trained)
+                          == decisions(dev_probs_fp32, judged.policy, job.trained)))
+    failures = []
+    if fp32_diff > MAX_FP32_PROB_DIFF:
+        failures.append(f"fp32 ONNX differs from torch by {fp32_diff:.2e} > {MAX_FP32_PROB_DIFF:g}")
+    quality = quality_drops(ref.judged, judged)
+    failures += [f"{scheme}: {f}" for f in quality_failures(quality)]
+    attempt = {
+        "scheme": scheme,
+        "quantization": QUANT_SCHEMES[scheme],
+        "size_bytes": path.stat().st_size,
+        "fp32_vs_torch_max_abs_prob_diff": fp32_diff,
+        "fp32_vs_torch_windows": len(ref.torch_windows),
+        "int8_vs_fp32_decision_agreement": round(agree, 4),
+        "int8_macro_f1_dev": judged.dev_metrics["macro_f1"],
+        "fp32_macro_f1_dev": ref.judged.dev_metrics["macro_f1"],
+        "int8_macro_f1_drop": round(ref.judged.dev_metrics["macro_f1"] - judged.dev_metrics["macro_f1"], 4),
+        "quality": quality,
+        "dev_texts": len(job.dev),
+        "passed": not failures,
+        "failures": failures,
+    }
+    return _Candidate(attempt, path, session, judged)
+
+
+def _keep_model(stage: Path, ref: _Reference, chosen: _Candidate, attempts: list[dict[str, Any]]) -> None:
+    """The chosen scheme's file becomes the bundle's model; the other candidates and the fp32 reference go."""
+    os.replace(chosen.path, stage / MODEL_FILE)
+    for a in attempts:
+        (stage / f"model.{a['scheme']}.onnx").unlink(missing_ok=True)
+    ref.path.unlink()
+
+
+def _gate_blocks(job: _Job, chosen: _Candidate) -> Judged:
+    """The chosen model's judgement with auto-block kept only where every held-apart source keeps the block
+    precision (as it is when the data has no held-apart file)."""
+    from shenhe.training.finetune.backend import onnx_window_logits
+
+    held = job.data_dir / f"{HOLDOUT_SPLIT}.jsonl"
+    if not held.is_file():
+        return chosen.judged
+    heldout = read_split(held, HOLDOUT_SPLIT)
+    held_logits, _ = onnx_window_logits(chosen.session, job.windower, heldout.normalized, job.opts.batch_size,
+                                        job.opts.show_progress, "holdout")
+    return gate_on_heldout(chosen.judged, held_logits, heldout, job.dev, job.test, job.base_policy, job.policy_version_tag)
+
+
+def _bundle_metrics(job: _Job, ref: _Reference, chosen: _Candidate, judged: Judged,
+                    attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """metrics.json: quality on dev and test, the operating points, what the fit saw, the held-apart gate, the
+    export checks, speed, the training run (hyperparameters included), the framework versions, the baseline."""
+    from shenhe.training.finetune.backend import QUANT_SCHEMES
+
+    parity = {k: v for k, v in chosen.attempt.items() if k != "failures"}
+    parity["attempts"] = attempts
+    parity["fp32_reference"] = ref.judged.summary()
+    recovered: dict[str, Any] | None = job.info.get("recovered_from")
+    if recovered is not None:
+        parity["fp32_reference"]["note"] = ("weights recovered from the INT8 bundle "
+                                            f"{recovered['name']} {recovered['version']} (dequantised)")
+    metrics: dict[str, Any] = {
+        "model": {"name": job.name, "version": job.version, "base_encoder": describe_base(str(job.args["base"])),
+                  "quantization": QUANT_SCHEMES[chosen.attempt["scheme"]]},
+        "dev": judged.dev_metrics,
+    }
+    if job.test is not None:
+        metrics["test"] = judged.test_metrics
+    metrics["operating_points"] = points_as_dicts(judged.points)
+    held = job.data_dir / f"{HOLDOUT_SPLIT}.jsonl"
+    metrics["fit"] = {  # what calibration and thresholds were fit on; holdout.jsonl only gates auto-block
+        "split": "dev", "texts": len(job.dev), "sources": job.dev.source_counts(),
+        "held_apart_file": str(held) if held.is_file() else None,
+    }
+    if judged.block_gate is not None:
+        metrics["block_gate"] = judged.block_gate
+    metrics["parity"] = parity
+    metrics["speed"] = _throughput(chosen.session, job.windower, job.dev.texts)
+    metrics["training"] = _training_summary(job.info)
+    if metrics["training"]["distillation"]:  # a distilled student: time its teacher too, same texts, same run
+        metrics["training"]["distillation"]["teacher_speed"] = _teacher_speed(
+            metrics["training"]["distillation"], job.windower, job.dev.texts, job.threads)
+    metrics["frameworks"] = framework_versions()
+    if job.opts.baseline:
+        metrics["baseline"] = _baseline_metrics(job.opts.baseline)
+    return metrics
+
+
+def _training_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """The run, as metrics.json and the model card report it."""
+    out = {k: info.get(k) for k in ("train_samples_per_second", "dev_macro_f1", "test_macro_f1")}
+    out.update({k: info["summary"].get(k) for k in
+                ("device", "train_rows", "train_rows_available", "trained_categories", "untrained_categories",
+                 "freeze_embeddings", "trainable_parameters", "warm_start", "averaging", "distillation")})
+    out["steps"] = info.get("state", {}).get("global_step")
+    out["stop_reason"] = info.get("state", {}).get("stop_reason")
+    out["hyperparameters"] = {k: v for k, v in info["args"].items() if k not in RUN_PATH_ARGS}
+    return out
+
+
+def framework_versions() -> dict[str, str | None]:
+    """The versions this export ran with (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import shenhe
+
+    out: dict[str, str | None] = {"python": platform.python_version(), "shenhe": shenhe.__version__}
+    for name in FRAMEWORKS:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _write_bundle(job: _Job, stage: Path, policy: Policy, calibration: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """tokenizer.json, policy.yaml, metrics.json, bundle.json (with every file's hash) and MODEL_CARD.md,
+    then load the bundle exactly as the predictor will."""
+    from shenhe.training.finetune.model_card import write_bundle_card
+
+    (stage / TOKENIZER_FILE).write_text(job.tokenizer.backend_tokenizer.to_str(), encoding="utf-8")
+    (stage / POLICY_FILE).write_text(
+        "# Thresholds chosen on dev by `shenhe export` (see metrics.json: operating_points).\n" + policy.to_yaml(),
+        encoding="utf-8")
+    (stage / METRICS_FILE).write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    sources = describe_sources(job.data_dir, job.info["summary"].get("sources", {}))
+    manifest_kwargs: dict[str, Any] = dict(
+        name=job.name, version=job.version, created=datetime.now(UTC).isoformat(timespec="seconds"),
+        base_encoder=describe_base(str(job.args["base"])), max_length=int(job.args["max_length"]),
+        window_stride=int(job.args["window_stride"]), pad_token_id=job.pad_id, text_prefix=job.text_prefix,
+        slugs=CATEGORY_SLUGS, trained_categories=tuple(s for s, t in zip(CATEGORY_SLUGS, job.trained, strict=True) if t),
+        calibration=calibration, data_sources=tuple(sources), quantization=metrics["model"]["quantization"],
+        metrics={"dev_macro_f1": metrics["dev"]["macro_f1"],
+                 "test_macro_f1": metrics.get("test", {}).get("macro_f1"),
+                 "baseline_test_macro_f1": metrics.get("baseline", {}).get("test_macro_f1"),
+                 "int8_vs_fp32_decision_agreement": metrics["parity"]["int8_vs_fp32_decision_agreement"]},
+    )
+    files = file_hashes(stage, (MODEL_FILE, TOKENIZER_FILE, POLICY_FILE, METRICS_FILE))
+    write_manifest(stage, BundleManifest(files=files, **manifest_kwargs))
+    # The card is rendered from the bundle's own files, exactly as `shenhe card` renders it again later;
+    # its hash joins bundle.json, and the bundle is loaded back as the predictor will load it.
+    write_bundle_card(stage)
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the finished bundle into place (an existing one is replaced, never left half-written)."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(stage, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(stage, out)
 
 
 SMOOTH_CALIBRATION_TEXTS = 512
