@@ -90,6 +90,10 @@ def test_a_wheel_installs_only_shenhe_and_its_predictor_works(tmp_path: Path) ->
         names = zf.namelist()
     assert {t for t in top if not t.endswith(".dist-info")} == {"shenhe"}
     assert "shenhe/models/default/model.onnx" in names and "shenhe/serving/templates/base.html" in names
+    # data files read at training time: the augmenter's homophone table and every seed file
+    assert "shenhe/training/finetune/augment_tables/homophones.tsv" in names
+    assert {"shenhe/training/data/seed/hard_negatives.jsonl", "shenhe/training/data/seed/rumor.jsonl",
+            "shenhe/training/data/seed/heldout/heldout_issue16.jsonl"} <= set(names)
 
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),

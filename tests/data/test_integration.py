@@ -60,3 +60,16 @@ def test_data_cards_match_the_build(real_build) -> None:
     assert missing_cards(CARDS, stats) == []
     stale = update_cards(CARDS, stats, check=True)
     assert stale == [], f"cards out of date: run `shenhe data cards` after `shenhe data build` ({stale})"
+
+
+def test_held_apart_seeds_are_kept_and_no_corpus_row_is_a_close_copy(real_build) -> None:
+    from shenhe.training.data.build import iter_jsonl
+    from shenhe.training.data.holdout import MAX_SEED_SIMILARITY, PART_SEED, nearest
+
+    out, stats, rows = real_build
+    seeds = [r for r in iter_jsonl(out / "holdout.jsonl") if r["part"] == PART_SEED]
+    assert stats["holdout"]["seed_heldout"]["dropped_duplicates"] == 0
+    assert len(seeds) == stats["holdout"]["seed_heldout"]["read"]
+    corpus = [r["text"] for split in SPLITS for r in rows[split]]
+    worst = max(nearest([r["text"] for r in seeds], corpus))
+    assert worst[0] < MAX_SEED_SIMILARITY, (worst, corpus[worst[1]])  # measured: 0.21

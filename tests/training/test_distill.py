@@ -300,22 +300,12 @@ def test_an_interrupted_distillation_resumes_from_the_cache_to_the_same_weights(
 
 
 def test_cli_distils_a_run_with_unlabelled_and_augmented_texts_and_a_shared_cache(
-        tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tiny_run: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from shenhe.cli import app
-    from shenhe.training.finetune import distill as distill_module
     from shenhe.training.finetune.dataset import read_split
 
-    class Rewrite:
-        def __init__(self, text: str) -> None:
-            self.text, self.kinds = text, ("insert",)
-
-    class FakeAugmenter:  # the interface of training/finetune/augment.py's Augmenter
-        def augment(self, text: str, epoch: int, row_id: str, copy: int = 0) -> Rewrite | None:
-            return Rewrite(" ".join(text)) if copy == 0 and len(text) > 1 else None
-
-    monkeypatch.setattr(distill_module, "make_augmenter", lambda args: FakeAugmenter())
     dev_text = read_split(DATA / "dev.jsonl").texts[0]
     unlabelled = tmp_path / "more.txt"
     unlabelled.write_text("\n".join(["这是一条没有标签的评论", "另一条没有标签的评论", "这是一条没有标签的评论", dev_text, ""]),

@@ -11,6 +11,79 @@ from typing import Any, Literal
 
 from shenhe.models.windowing import DEFAULT_MAX_LENGTH, DEFAULT_STRIDE
 
+AUGMENT_KINDS = ("homophone", "lookalike", "insert", "traditional")
+
+
+def _default_augment_weights() -> dict[str, float]:
+    return {"homophone": 0.4, "lookalike": 0.3, "insert": 0.2, "traditional": 0.1}
+
+
+@dataclass
+class AugmentConfig:
+    """Obfuscation augmentation (training/finetune/augment.py): each epoch, a share of training texts is
+    rewritten the way users disguise text. Which rows are rewritten depends only on (seed, epoch, row),
+    never on the label, so harmless texts are disguised as often as harmful ones; labels are unchanged."""
+
+    share: float = 0.0  # share of training rows rewritten per epoch (0: off)
+    weights: dict[str, float] = field(default_factory=_default_augment_weights)  # relative weight per kind
+    seed: int | None = None  # None: the run's seed
+    homophone_rate: float = 0.2  # homophone: share of a text's Chinese characters replaced (at least one)
+    homophone_candidates: int = 3  # homophone: the N most frequent same-sound characters are candidates
+    lookalike_rate: float = 0.6  # lookalike: chance of replacing each table word found (at least one)
+    space_share: float = 0.35  # insert: share of rewrites that insert spaces (else one symbol per text)
+    second_kind_share: float = 0.2  # share of rewrites that combine two kinds (e.g. homophones + symbols)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError("augment share must be in [0, 1]")
+        unknown = sorted(set(self.weights) - set(AUGMENT_KINDS))
+        if unknown:
+            raise ValueError(f"unknown augmentation kind(s) {unknown}; known: {', '.join(AUGMENT_KINDS)}")
+        if any(w < 0 for w in self.weights.values()):
+            raise ValueError("augmentation weights must be >= 0")
+        if self.share > 0 and not any(w > 0 for w in self.weights.values()):
+            raise ValueError("augmentation is on (share > 0) but every kind has weight 0")
+        for name in ("homophone_rate", "lookalike_rate"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"augment {name} must be in (0, 1]")
+        for name in ("space_share", "second_kind_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"augment {name} must be in [0, 1]")
+        if self.homophone_candidates < 1:
+            raise ValueError("augment homophone_candidates must be >= 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.share > 0
+
+
+@dataclass
+class SamplingConfig:
+    """How often each training row is drawn per epoch (training/finetune/dataset.py: sampling_weights).
+
+    Every row keeps an expected number of copies per epoch (1 when everything is off). Source shares
+    balance sources without throwing rows away: a source's rows together get its share of the epoch, each
+    row drawn with probability share * rows / source_rows (a down-weighted source shows a different part of
+    itself every epoch; an up-weighted one repeats rows). ``TrainingArguments.oversample_rare`` then raises
+    the rows of rare categories, on the same weights."""
+
+    source_power: float | None = None  # share of source s proportional to rows_s ** power (1: natural, 0: equal; None: off)
+    source_shares: dict[str, float] = field(default_factory=dict)  # fixed shares of named sources (the rest by power)
+    harmless_boost: dict[str, float] = field(default_factory=dict)  # weight of a source's harmless rows vs its harmful
+    # ones, within the source's share (e.g. {"COLD": 1.5}: COLD's non-offensive comments weigh more)
+
+    def __post_init__(self) -> None:
+        if self.source_power is not None and not 0.0 <= self.source_power <= 1.0:
+            raise ValueError("source_power must be in [0, 1]")
+        if any(v < 0 for v in self.source_shares.values()) or sum(self.source_shares.values()) > 1.0 + 1e-9:
+            raise ValueError("source shares must be >= 0 and sum to at most 1")
+        if any(v <= 0 for v in self.harmless_boost.values()):
+            raise ValueError("harmless_boost factors must be > 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.source_power is not None or bool(self.source_shares) or bool(self.harmless_boost)
+
 
 @dataclass
 class TrainingArguments:
@@ -44,10 +117,14 @@ class TrainingArguments:
     threads: int | None = None  # torch threads; None: the cores this process may use
     device: str = "auto"  # auto | cpu | cuda
     max_train_samples: int | None = None  # deterministic subsample (keeps rare-category positives)
-    max_per_source: int | None = None  # cap rows per data source (same rule)
+    max_per_source: int | None = None  # cap rows per data source (same rule; prefer `sampling`, which drops nothing)
     rare_category_rows: int = 5000  # categories with fewer train positives keep all of them in a subsample
     min_train_positives: int = 20  # fewer train positives: the category is untrained (masked)
-    oversample_rare: int = 0  # repeat positives of categories with fewer train rows, up to ~this many (0: off)
+    # Rows of categories expected fewer than N times per epoch (after `sampling`) are drawn
+    # ceil(N / expected) times as often, at most 8x (0: off). Without source weights: repeat their positives.
+    oversample_rare: int = 0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     max_steps: int | None = None
     time_budget_minutes: float | None = None  # total training time over all resumes; then stop cleanly
     # Evaluation, checkpoints, early stopping
@@ -83,6 +160,14 @@ class TrainingArguments:
             raise ValueError("snapshot_every_steps must be >= 1")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError("warmup_ratio must be in [0, 1)")
+        if self.oversample_rare < 0:
+            raise ValueError("oversample_rare must be >= 0")
+        if isinstance(self.sampling, dict):  # from run.json
+            self.sampling = SamplingConfig(**self.sampling)
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig(**self.augment)
+        self.sampling.__post_init__()  # fields may have been changed after construction
+        self.augment.__post_init__()
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -126,7 +211,7 @@ class DistillArguments(TrainingArguments):
     alpha: float = 0.7  # weight of the teacher's soft scores; 1 - alpha on the gold labels
     temperature: float = 2.0
     unlabelled: list[str] = field(default_factory=list)  # files of texts without labels (JSONL "text" or lines)
-    augment_copies: int = 0  # obfuscated copies of each training text (needs training/finetune/augment.py)
+    augment_copies: int = 0  # fixed obfuscated copies of each training text (augment.py, the `augment` settings)
     teacher_cache: str | None = None  # where the teacher's logits are cached (None: RUN/teacher)
     # The student starts from trained weights (head included): one learning rate for all of it.
     learning_rate: float = 1e-4

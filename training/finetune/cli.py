@@ -64,6 +64,28 @@ RESUMABLE = ("epochs", "max_steps", "time_budget_minutes", "threads", "early_sto
              "snapshot_every_steps", "average_last")
 
 
+def _pairs(values: list[str] | None, option: str) -> dict[str, float]:
+    """``NAME=NUMBER`` items (repeated options or comma-separated) as a dict; a bad item is a UserError."""
+    out: dict[str, float] = {}
+    for item in (part.strip() for v in values or () for part in v.split(",")):
+        if not item:
+            continue
+        name, sep, number = item.rpartition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(number)
+        except ValueError:
+            raise UserError(f"{option}: expected NAME=NUMBER, not {item!r}") from None
+    return out
+
+
+def _augment_default() -> float:
+    from shenhe.training.finetune.args import AugmentConfig
+
+    return AugmentConfig().share
+
+
 def train_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoints, logs, final model, metrics).")],
     base: Annotated[str | None, typer.Option(
@@ -98,7 +120,8 @@ def train_cmd(
         "--time-budget-minutes", help="Stop training after this many minutes (over all resumes), then evaluate.")] = None,
     max_train_samples: Annotated[int | None, typer.Option(
         "--max-train-samples", help="Deterministic subsample; rare-category positives are always kept.")] = None,
-    max_per_source: Annotated[int | None, typer.Option("--max-per-source", help="Cap train rows per source.")] = None,
+    max_per_source: Annotated[int | None, typer.Option(
+        "--max-per-source", help="Cap train rows per source (drops rows; --source-power balances without dropping).")] = None,
     eval_every: Annotated[int | None, typer.Option(
         "--eval-every-steps", help="Dev evaluation every N steps (0: epochs only). "
                                    f"{default_help(TrainingArguments, 'eval_every_steps')}")] = None,
@@ -124,8 +147,27 @@ def train_cmd(
         "--min-train-positives", help="Categories with fewer training positives are untrained (masked). "
                                       f"{default_help(TrainingArguments, 'min_train_positives')}")] = None,
     oversample_rare: Annotated[int | None, typer.Option(
-        "--oversample-rare", help="Repeat positives of categories with fewer training rows, up to about N per epoch "
-                                  f"(at most 8 copies; 0: off). {default_help(TrainingArguments, 'oversample_rare')}")] = None,
+        "--oversample-rare", help="Draw the positives of categories expected fewer than N times per epoch (after "
+                                  "--source-power/--source-share) more often, up to about N (at most 8x; 0: off). "
+                                  f"{default_help(TrainingArguments, 'oversample_rare')}")] = None,
+    source_power: Annotated[float | None, typer.Option(
+        "--source-power", min=0.0, max=1.0,
+        help="Balance sources by sampling weights instead of caps: each source's share of an epoch is proportional "
+             "to rows ** P (1: natural, 0.5: square root, 0: equal); no row is dropped (default: off).")] = None,
+    source_share: Annotated[list[str] | None, typer.Option(
+        "--source-share", help="SOURCE=SHARE: a fixed share of each epoch for a source (repeatable); the other "
+                               "sources share the rest by --source-power.")] = None,
+    harmless_boost: Annotated[list[str] | None, typer.Option(
+        "--harmless-boost", help="SOURCE=FACTOR: weight of the source's harmless rows against its harmful ones, "
+                                 "within its share (repeatable), e.g. COLD=1.5.")] = None,
+    augment_share: Annotated[float | None, typer.Option(
+        "--augment-share", min=0.0, max=1.0,
+        show_default="AugmentConfig.share, 0: off",
+        help="Share of training texts rewritten each epoch with disguises (homophones, look-alikes/emoji, inserted "
+             "symbols/spaces, traditional characters), harmful and harmless alike (e.g. 0.3).")] = None,
+    augment_kinds: Annotated[str | None, typer.Option(
+        "--augment-kinds", help="KIND=WEIGHT,... relative weights of homophone, lookalike, insert, traditional "
+                                "(unnamed kinds keep their default weight; 0 turns one off).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Fine-tune an encoder (or fit the TF-IDF baseline) on the built corpus; calibrate and pick thresholds on dev."""
@@ -157,6 +199,7 @@ def train_cmd(
             return
         if arch != "bert":
             raise UserError(f"--arch must be bert or tfidf, not {arch!r}")
+        from shenhe.training.finetune.args import AugmentConfig, SamplingConfig
         from shenhe.training.finetune.trainer import load_run_args, train
 
         if resume:
@@ -172,8 +215,16 @@ def train_cmd(
             chosen = base or _default_base()
             base_path = Path(chosen).expanduser()
             try:
+                weights = {**AugmentConfig().weights, **_pairs([augment_kinds] if augment_kinds else None,
+                                                              "--augment-kinds")}
+                augment = AugmentConfig(share=_augment_default() if augment_share is None else augment_share,
+                                        weights=weights)
+                sampling = SamplingConfig(source_power=source_power,
+                                          source_shares=_pairs(source_share, "--source-share"),
+                                          harmless_boost=_pairs(harmless_boost, "--harmless-boost"))
                 args = TrainingArguments(base=str(base_path) if base_path.exists() else chosen, data=data, out=out,
-                                         init_from=str(init_from) if init_from else None, **overrides)
+                                         init_from=str(init_from) if init_from else None, sampling=sampling,
+                                         augment=augment, **overrides)
             except ValueError as e:
                 raise UserError(str(e)) from None
         try:
@@ -204,8 +255,8 @@ def distill_cmd(
         "--unlabelled", help="Texts without labels to learn the teacher's scores on (JSONL with \"text\", or one "
                              "text per line); repeatable. Texts in dev, test or holdout are dropped.")] = None,
     augment_copies: Annotated[int | None, typer.Option(
-        "--augment-copies", min=0, help="Obfuscated copies of each training text, scored by the teacher too (needs "
-                                        "training/finetune/augment.py). "
+        "--augment-copies", min=0, help="Obfuscated copies of each training text (training/finetune/augment.py), "
+                                        "fixed and scored by the teacher too. "
                                         f"{default_help(DistillArguments, 'augment_copies')}")] = None,
     alpha: Annotated[float | None, typer.Option(
         "--alpha", min=0.0, max=1.0, help="Weight of the teacher's soft scores; 1 - alpha on the gold labels. "

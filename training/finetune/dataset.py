@@ -147,23 +147,118 @@ def oversample_rare(split: Split, min_positives: int, max_repeat: int = 8) -> tu
     ``max_repeat`` copies each) so every such category shows up about ``min_positives`` times per epoch.
 
     Deterministic; a row positive for several rare categories takes the largest factor. Returns the
-    split (rows in original order, repeats adjacent) and the repeat factor per category."""
+    split (rows in original order, repeats adjacent) and the repeat factor per category. The same rule
+    as :func:`sampling_plan` without source weights (whole factors), which the trainer uses."""
     if min_positives <= 0:
         return split, {}
-    counts = split.labels.sum(axis=0)
-    factors: dict[str, int] = {}
-    per_row = np.ones(len(split), dtype=np.int64)
-    for c, slug in enumerate(CATEGORY_SLUGS):
-        n = int(counts[c])
-        if 0 < n < min_positives:
-            f = min(max_repeat, int(np.ceil(min_positives / n)))
-            factors[slug] = f
-            rows = split.labels[:, c] > 0
-            per_row[rows] = np.maximum(per_row[rows], f)
-    if not factors:
+    plan = sampling_plan(split, oversample_rare=min_positives, max_repeat=max_repeat)
+    if not plan.rare_factors:
         return split, {}
-    index = np.repeat(np.arange(len(split)), per_row)
-    return split.subset(index.tolist()), factors
+    index, _ = epoch_rows(plan.epoch_counts(0, 0))
+    return split.subset(index.tolist()), plan.rare_factors
+
+
+@dataclass
+class SamplingPlan:
+    """Expected copies of each training row per epoch, and how they came about (for run.json)."""
+
+    weights: np.ndarray  # [n] expected draws per epoch of each row
+    rare_factors: dict[str, int]  # category -> factor applied to its positives (oversample_rare)
+    info: dict[str, object]
+
+    def epoch_counts(self, seed: int, epoch: int) -> np.ndarray:
+        """Copies of each row in ``epoch``: ``floor(weight + u)`` with ``u`` uniform, seeded by (seed, epoch).
+
+        Unbiased (the mean is the weight), as even as possible (a weight of 2.3 gives 2 or 3 copies, never 0),
+        and exact for whole weights (1 -> once; an oversampled row with factor 4 -> 4 copies every epoch)."""
+        w = self.weights
+        if np.array_equal(w, np.round(w)):
+            return w.astype(np.int64)
+        rng = np.random.default_rng([seed, epoch, 0x5A4D])
+        return np.floor(w + rng.random(len(w))).astype(np.int64)
+
+
+def sampling_plan(split: Split, source_power: float | None = None, source_shares: dict[str, float] | None = None,
+                  harmless_boost: dict[str, float] | None = None, oversample_rare: int = 0,
+                  max_repeat: int = 8) -> SamplingPlan:
+    """Per-row sampling weights (expected copies per epoch) that balance sources and labels without dropping rows.
+
+    1. Sources (when ``source_power`` or ``source_shares`` is given): a named source gets its fixed share of
+       the epoch, the others share the rest in proportion to ``rows ** source_power``; each row of source s
+       weighs ``share_s * n / rows_s``, so the epoch keeps ``n`` draws in expectation.
+    2. Labels within a source: ``harmless_boost[s]`` multiplies the weight of s's harmless rows against its
+       harmful ones, the source keeping its share.
+    3. Rare categories (``oversample_rare`` = N): a category expected fewer than N times per epoch under
+       these weights has its positives' weights multiplied by ``min(max_repeat, ceil(N / expected))`` (a row
+       positive for several takes the largest). With steps 1-2 off this is exactly the former repetition
+       of rare positives (whole factors, every copy every epoch).
+    All weights 1 (every row once per epoch) when everything is off."""
+    n = len(split)
+    shares_in = dict(source_shares or {})
+    boost = dict(harmless_boost or {})
+    counts = Counter(split.sources)
+    weights = np.ones(n, dtype=np.float64)
+    info: dict[str, object] = {}
+    src = np.array(split.sources, dtype=object)
+    harmless = split.labels.sum(axis=1) == 0
+    if source_power is not None or shares_in:
+        power = 1.0 if source_power is None else source_power
+        fixed = {s: v for s, v in shares_in.items() if s in counts}
+        free = max(0.0, 1.0 - sum(fixed.values()))
+        mass = {s: counts[s] ** power for s in counts if s not in fixed}
+        total = sum(mass.values())
+        share = {**fixed, **{s: (free * m / total if total else 0.0) for s, m in mass.items()}}
+        for s, c in counts.items():
+            weights[src == s] = share[s] * n / c
+        info["source_power"] = power
+        info["fixed_source_shares"] = fixed
+        unknown = sorted(set(shares_in) - set(counts))
+        if unknown:
+            info["unknown_sources"] = unknown
+    for s, b in boost.items():
+        rows = src == s
+        if not rows.any():
+            continue
+        before = weights[rows].sum()
+        weights[rows & harmless] *= b
+        weights[rows] *= before / weights[rows].sum()
+    rare_factors: dict[str, int] = {}
+    if oversample_rare > 0:
+        expected = weights @ split.labels.astype(np.float64)
+        per_row = np.ones(n, dtype=np.float64)
+        for c, slug in enumerate(CATEGORY_SLUGS):
+            e = float(expected[c])
+            if 0 < e < oversample_rare:
+                f = min(max_repeat, int(np.ceil(oversample_rare / e - 1e-9)))
+                if f > 1:
+                    rare_factors[slug] = f
+                    rows = split.labels[:, c] > 0
+                    per_row[rows] = np.maximum(per_row[rows], f)
+        weights = weights * per_row
+    near = np.round(weights)
+    weights = np.where(np.abs(weights - near) < 1e-9, near, weights)  # rows ** 1 gives whole weights, exactly
+    epoch = float(weights.sum())
+    info.update({
+        "rows": n,
+        "expected_rows_per_epoch": round(epoch, 1),
+        "sources": {s: {"rows": c, "natural_share": round(c / n, 4),
+                        "epoch_share": round(float(weights[src == s].sum()) / epoch, 4) if epoch else 0.0,
+                        "expected_draws": round(float(weights[src == s].sum()), 1)}
+                    for s, c in sorted(counts.items())},
+        "expected_positives_per_epoch": {slug: round(float(v), 1) for slug, v in
+                                         zip(CATEGORY_SLUGS, weights @ split.labels.astype(np.float64), strict=True)},
+        "expected_harmless_share": round(float(weights[harmless].sum()) / epoch, 4) if epoch else 0.0,
+        "rare_factors": rare_factors,
+        "harmless_boost": boost,
+    })
+    return SamplingPlan(weights, rare_factors, info)
+
+
+def epoch_rows(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row index of every draw of an epoch (rows in order, copies adjacent) and each draw's copy number."""
+    index = np.repeat(np.arange(len(counts)), counts)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    return index, np.arange(len(index)) - starts
 
 
 def eval_subsample(split: Split, n: int | None, seed: int) -> Split:
@@ -207,10 +302,16 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int,
     return [batches[i] for i in order]
 
 
-def pos_weights(labels: np.ndarray, power: float, max_weight: float) -> np.ndarray:
-    """Per-category BCE positive weights: ``clip((neg / pos) ** power, 1, max_weight)`` (1 where pos = 0)."""
-    pos = labels.sum(axis=0)
-    neg = len(labels) - pos
+def pos_weights(labels: np.ndarray, power: float, max_weight: float, weights: np.ndarray | None = None) -> np.ndarray:
+    """Per-category BCE positive weights: ``clip((neg / pos) ** power, 1, max_weight)`` (1 where pos = 0).
+
+    ``weights``: expected copies of each row per epoch (sampling_plan); the counts are those of an epoch."""
+    if weights is None:
+        pos = labels.sum(axis=0)
+        neg = len(labels) - pos
+    else:
+        pos = (weights[:, None] * labels).sum(axis=0).astype(np.float32)
+        neg = np.float32(weights.sum()) - pos
     ratio = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
     return np.clip(ratio ** power, 1.0, max_weight).astype(np.float32)
 

@@ -5,7 +5,7 @@ The student starts as the teacher: the same tokenizer, embeddings and head, and 
 (:func:`choose_layers`: evenly spaced and ending at the top layer by default, e.g. 1,3,5,7,9,11 of 12 for K=6),
 copied from the teacher's weights (a bundle's are read back from its ONNX graph, see warm_start.py). It is then
 trained on every window of every training text, of optional obfuscated copies of them (the augmenter of
-training/finetune/augment.py, when present) and of optional unlabelled texts, against
+training/finetune/augment.py) and of optional unlabelled texts, against
 
     loss = alpha * T² * KL(sigmoid(teacher / T) || sigmoid(student / T)) + (1 - alpha) * BCE(student, gold)
 
@@ -139,16 +139,11 @@ def read_unlabelled(paths: list[Path]) -> list[str]:
 
 
 def make_augmenter(args: DistillArguments) -> Any:
-    """The obfuscation augmenter (training/finetune/augment.py) rewriting every text it is asked for."""
-    try:
-        from shenhe.training.finetune import args as args_module
-        from shenhe.training.finetune.augment import Augmenter  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        raise TrainError("--augment-copies needs the obfuscation augmenter (training/finetune/augment.py), "
-                         "which this checkout does not have") from None
-    config = getattr(args, "augment", None)  # the run's settings when the arguments carry them
-    config = dataclasses.replace(config, share=1.0) if config is not None else args_module.AugmentConfig(share=1.0)  # type: ignore[attr-defined,unused-ignore]
-    return Augmenter(config, args.seed)
+    """The obfuscation augmenter (training/finetune/augment.py) with the run's settings, rewriting every text it
+    is asked for (``--augment-copies`` fixes the copies, so the teacher can score them once)."""
+    from shenhe.training.finetune.augment import Augmenter
+
+    return Augmenter(dataclasses.replace(args.augment, share=1.0), args.seed)
 
 
 def _row_weights(split: Split) -> np.ndarray:

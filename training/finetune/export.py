@@ -452,7 +452,14 @@ def _training_summary(info: dict[str, Any]) -> dict[str, Any]:
     out = {k: info.get(k) for k in ("train_samples_per_second", "dev_macro_f1", "test_macro_f1")}
     out.update({k: info["summary"].get(k) for k in
                 ("device", "train_rows", "train_rows_available", "trained_categories", "untrained_categories",
-                 "freeze_embeddings", "trainable_parameters", "warm_start", "averaging", "distillation")})
+                 "freeze_embeddings", "trainable_parameters", "warm_start", "averaging", "augmentation",
+                 "distillation")})
+    sampling = info["summary"].get("sampling") or {}
+    out["sampling"] = None
+    if sampling.get("source_power") is not None or sampling.get("harmless_boost") or sampling.get("rare_factors"):
+        out["sampling"] = {k: sampling.get(k) for k in (
+            "source_power", "fixed_source_shares", "harmless_boost", "rare_factors", "expected_rows_per_epoch")}
+        out["sampling"]["epoch_share"] = {s: v["epoch_share"] for s, v in sampling.get("sources", {}).items()}
     out["steps"] = info.get("state", {}).get("global_step")
     out["stop_reason"] = info.get("state", {}).get("stop_reason")
     out["hyperparameters"] = {k: v for k, v in info["args"].items() if k not in RUN_PATH_ARGS}

@@ -31,13 +31,15 @@ from shenhe.models.cores import default_threads
 from shenhe.models.policy import CATEGORY_SLUGS, load_policy
 from shenhe.models.windowing import Window, WindowTokenizer, max_over_windows, pad_batch, score_windows
 from shenhe.training.finetune.args import TrainingArguments
+from shenhe.training.finetune.augment import Augmenter
 from shenhe.training.finetune.dataset import (
     Split,
+    epoch_rows,
     eval_subsample,
     length_grouped_batches,
-    oversample_rare,
     pos_weights,
     read_splits,
+    sampling_plan,
     subsample,
 )
 from shenhe.training.finetune.errors import TrainError
@@ -158,6 +160,7 @@ class Trainer:
         self.out = args.out
         self.device = pick_device(args.device)
         self.state = TrainState()
+        self._run_info: dict[str, Any] | None = None  # run.json's content while training
 
     # -- setup ---------------------------------------------------------------------------------------
 
@@ -191,11 +194,16 @@ class Trainer:
         self.trained = counts >= max(1, a.min_train_positives)
         if not self.trained.any():
             raise TrainError(f"{a.data}/train.jsonl: no category has {a.min_train_positives}+ positive rows")
+        # Caps (optional) drop rows; the sampling plan then weighs the rows kept (nothing dropped).
         self.train_split = subsample(full_train, a.max_train_samples, a.max_per_source, a.rare_category_rows, a.seed)
         unique = self.train_split
-        unique_rows = len(unique)
-        _ = unique.normalized  # normalise once, before rows are repeated
-        self.train_split, self.oversampled = oversample_rare(unique, a.oversample_rare)
+        _ = unique.normalized  # normalise once; epochs draw rows (and their rewrites) from these
+        smp = a.sampling
+        self.plan = sampling_plan(unique, smp.source_power, smp.source_shares, smp.harmless_boost, a.oversample_rare)
+        self.oversampled = self.plan.rare_factors
+        self.augmenter = Augmenter(a.augment, a.seed) if a.augment.enabled else None
+        self.augment_stats: dict[int, dict[str, Any]] = {}
+        self._epoch_loaded = -1
         self.dev_split: Split = splits["dev"]
         self.test_split: Split | None = splits.get("test")
         self.dev_eval = eval_subsample(self.dev_split, a.eval_samples, a.seed)
@@ -204,20 +212,24 @@ class Trainer:
         freeze(self.model, self.freeze_embeddings, a.freeze_layers)
         self.model.to(self.device)
 
-        log.info("normalising and tokenising %d train rows", len(self.train_split))
-        windows = self.windower.first_windows(self.train_split.normalized)
-        self.train_ids = [w.ids for w in windows]
-        self.train_lengths = [len(w.ids) for w in windows]
-        self.labels = torch.from_numpy(self.train_split.labels)
-        # Sample weights, scaled to mean 1 over the training rows: the loss keeps its scale, and a row of
-        # weight w pulls w times as hard as a row of weight 1 (reviewer labels above public ones).
-        w = self.train_split.weights if self.train_split.weights is not None else np.ones(len(self.train_split))
-        self.row_weights = torch.from_numpy((w / max(float(w.mean()), 1e-12)).astype(np.float32)) if len(w) else \
-            torch.ones(0)
-        self.pos_weight = torch.from_numpy(pos_weights(self.train_split.labels, a.pos_weight_power, a.pos_weight_max))
+        log.info("normalising and tokenising %d train rows", len(unique))
+        windows = self.windower.first_windows(unique.normalized)
+        self.unique_ids = [w.ids for w in windows]
+        unique_lengths = [len(ids) for ids in self.unique_ids]
+        # Sample weights (a record's ``weight``, e.g. reviewer labels above public ones) multiply a row's loss;
+        # scaled to mean 1 over an epoch's expected draws, so the loss keeps its scale and a row of weight w
+        # pulls w times as hard as a row of weight 1. (The sampling plan decides how often a row is drawn.)
+        w = unique.weights.astype(np.float64) if unique.weights is not None else np.ones(len(unique))
+        mean = float((w * self.plan.weights).sum() / max(self.plan.weights.sum(), 1e-12)) if len(w) else 1.0
+        self.unique_row_weights = (w / max(mean, 1e-12)).astype(np.float32)
+        self.pos_weight = torch.from_numpy(pos_weights(unique.labels, a.pos_weight_power, a.pos_weight_max,
+                                                       weights=self.plan.weights))
         self.loss_mask = torch.from_numpy(self.trained.astype(np.float32))
-        self.batches_per_epoch = math.ceil(len(self.train_split) / a.batch_size)
-        planned = a.epochs * self.batches_per_epoch
+        # Rows drawn per epoch are fixed by (seed, epoch), so the schedule is known before training starts.
+        self.epoch_counts = [self.plan.epoch_counts(a.seed, e) for e in range(a.epochs)]
+        self.epoch_batches = [math.ceil(int(c.sum()) / a.batch_size) for c in self.epoch_counts]
+        self.batches_per_epoch = self.epoch_batches[0]
+        planned = sum(self.epoch_batches)
         self.total_steps = min(planned, a.max_steps) if a.max_steps else planned
 
         decay, no_decay = [], []
@@ -243,11 +255,14 @@ class Trainer:
             "freeze_embeddings": self.freeze_embeddings,
             "trainable_parameters": n_trainable,
             "parameters": n_total,
-            "train_rows": unique_rows,
+            "train_rows": len(unique),
             "sample_weights": ({"weighted_rows": int(np.sum(unique.weights != 1.0)),
                                 "by_source": unique.weights_by_source()} if unique.weighted else None),
-            "train_rows_per_epoch": len(self.train_split),
+            "train_rows_per_epoch": int(self.epoch_counts[0].sum()),
             "oversampled": self.oversampled,
+            "sampling": self.plan.info,
+            "augmentation": {"share": a.augment.share, "kinds": {k: w for k, w in a.augment.weights.items() if w > 0},
+                             "seed": self.augmenter.seed, "epochs": {}} if self.augmenter else None,
             "train_rows_available": len(full_train),
             "dev_rows": len(self.dev_split),
             "dev_eval_rows": len(self.dev_eval),
@@ -261,9 +276,42 @@ class Trainer:
                         (("train", unique), ("dev", self.dev_split), ("test", self.test_split)) if sp is not None},
             "batches_per_epoch": self.batches_per_epoch,
             "planned_steps": self.total_steps,
-            "max_train_length": max(self.train_lengths) if self.train_lengths else 0,
-            "mean_train_length": round(float(np.mean(self.train_lengths)), 1) if self.train_lengths else 0.0,
+            "max_train_length": max(unique_lengths) if unique_lengths else 0,
+            "mean_train_length": round(float(np.mean(unique_lengths)), 1) if unique_lengths else 0.0,
         }
+
+    # -- the rows of an epoch ------------------------------------------------------------------------
+
+    def _load_epoch(self, epoch: int) -> None:
+        """Token ids, lengths and labels of ``epoch``'s draws (a pure function of seed and epoch, so a resumed
+        run sees the same rows and rewrites): rows in order, copies adjacent; augmented rows re-tokenised."""
+        if self._epoch_loaded == epoch:
+            return
+        a, unique = self.args, self.train_split
+        counts = self.epoch_counts[epoch] if epoch < len(self.epoch_counts) else self.plan.epoch_counts(a.seed, epoch)
+        rows, copies = epoch_rows(counts)
+        ids = [self.unique_ids[i] for i in rows]
+        if self.augmenter is not None:
+            t0 = time.perf_counter()
+            harmful = unique.labels[rows].sum(axis=1) > 0
+            rewritten, stats = self.augmenter.epoch_texts([unique.normalized[i] for i in rows],
+                                                          [unique.ids[i] for i in rows], copies.tolist(),
+                                                          harmful.tolist(), epoch)
+            positions = sorted(rewritten)
+            for j, w in zip(positions, self.windower.first_windows([rewritten[j] for j in positions]), strict=True):
+                ids[j] = w.ids
+            record = {**stats.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
+            self.augment_stats[epoch] = record
+            if self.summary.get("augmentation") is not None:
+                self.summary["augmentation"]["epochs"][str(epoch)] = record
+                if self._run_info is not None:  # on disk now: a resumed run keeps this epoch's record
+                    _write_json(self.out / RUN_FILE, self._run_info)
+            log.info("augmentation, epoch %d: %s", epoch, json.dumps(record, ensure_ascii=False))
+        self.train_ids = ids
+        self.train_lengths = [len(x) for x in ids]
+        self.labels = torch.from_numpy(unique.labels[rows])
+        self.row_weights = torch.from_numpy(self.unique_row_weights[rows])
+        self._epoch_loaded = epoch
 
     # -- schedule ------------------------------------------------------------------------------------
 
@@ -450,6 +498,7 @@ class Trainer:
         window_samples, window_time = 0, 0.0
         stop = bool(s.stop_reason)
         while s.epoch < a.epochs and not stop:
+            self._load_epoch(s.epoch)
             batches = length_grouped_batches(self.train_lengths, a.batch_size, a.seed + s.epoch)
             while s.batch_in_epoch < len(batches):
                 if self._budget_spent():
@@ -544,6 +593,16 @@ class Trainer:
         _write_json(self.out / "metrics.json", metrics)
         return metrics
 
+    def _keep_augmentation_record(self, run_file: Path) -> None:
+        """On resume, keep the augmentation statistics of the epochs the earlier process ran."""
+        if not self.summary.get("augmentation") or not run_file.is_file():
+            return
+        try:
+            old = json.loads(run_file.read_text(encoding="utf-8"))["summary"].get("augmentation") or {}
+        except (ValueError, KeyError):
+            return
+        self.summary["augmentation"]["epochs"] = {**old.get("epochs", {}), **self.summary["augmentation"]["epochs"]}
+
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         handler = _setup_logging(self.out)
@@ -555,12 +614,14 @@ class Trainer:
             self._prepare()
             if self.resume:
                 self._restore()
+                self._keep_augmentation_record(run_file)
                 # A larger budget or more epochs on resume continue a finished run; early stopping stays final.
                 if not self.state.stop_reason.startswith("early stopping"):
                     self.state.stop_reason = ""
             info = {"arch": "bert", "kind": self.KIND, "status": "training", "args": self.args.to_json(),
                     "summary": self.summary}
             _write_json(run_file, info)
+            self._run_info = info
             log.info("summary %s", json.dumps(self.summary, ensure_ascii=False))
             self._loop()
             s = self.state
