@@ -7,7 +7,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from shenhe.models.windowing import DEFAULT_MAX_LENGTH, DEFAULT_STRIDE
 
@@ -17,6 +17,8 @@ AUGMENT_KINDS = ("homophone", "lookalike", "insert", "traditional")
 def _default_augment_weights() -> dict[str, float]:
     return {"homophone": 0.4, "lookalike": 0.3, "insert": 0.2, "traditional": 0.1}
 
+
+CALIBRATIONS = ("platt", "isotonic")
 
 @dataclass
 class AugmentConfig:
@@ -138,7 +140,7 @@ class TrainingArguments:
     average_last: int = 0  # K (0: off; needs snapshot_every_steps)
     save_every_steps: int = 100
     log_every_steps: int = 10
-    calibration: Literal["platt", "isotonic"] = "platt"
+    calibration: Literal["platt", "isotonic"] = "platt"  # one of CALIBRATIONS
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -162,6 +164,8 @@ class TrainingArguments:
             raise ValueError("warmup_ratio must be in [0, 1)")
         if self.oversample_rare < 0:
             raise ValueError("oversample_rare must be >= 0")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be platt or isotonic, not {self.calibration!r}")
         if isinstance(self.sampling, dict):  # from run.json
             self.sampling = SamplingConfig(**self.sampling)
         if isinstance(self.augment, dict):
@@ -176,12 +180,66 @@ class TrainingArguments:
         return d
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TrainingArguments:
+    def from_json(cls, data: dict[str, Any]) -> Self:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+LAYER_MAPS = ("spread", "bottom")  # shenhe distill --layer-map, besides an explicit list of layers
+
+
+def parse_layer_map(layer_map: str) -> list[int] | None:
+    """None for ``spread``/``bottom``; the teacher layer indices of an explicit list ("0,4,8,11")."""
+    if layer_map in LAYER_MAPS:
+        return None
+    try:
+        picked = [int(x) for x in layer_map.replace(" ", "").split(",") if x != ""]
+    except ValueError:
+        picked = []
+    if not picked or any(i < 0 for i in picked) or picked != sorted(set(picked)):
+        raise ValueError(f"--layer-map must be spread, bottom or increasing layer indices like 0,4,8,11; "
+                         f"got {layer_map!r}")
+    return picked
+
+
+@dataclass
+class DistillArguments(TrainingArguments):
+    """A ``shenhe train`` run's arguments plus the teacher and how to learn from it (saved in run.json)."""
+
+    teacher: str = ""  # a bundle or a finished `shenhe train` run
+    layers: int = 0  # K: encoder layers the student keeps (0: as many as an explicit layer_map lists)
+    layer_map: str = "spread"  # spread | bottom | an explicit list of teacher layers, e.g. "0,4,8,11"
+    alpha: float = 0.7  # weight of the teacher's soft scores; 1 - alpha on the gold labels
+    temperature: float = 2.0
+    unlabelled: list[str] = field(default_factory=list)  # files of texts without labels (JSONL "text" or lines)
+    augment_copies: int = 0  # fixed obfuscated copies of each training text (augment.py, the `augment` settings)
+    teacher_cache: str | None = None  # where the teacher's logits are cached (None: RUN/teacher)
+    # The student starts from trained weights (head included): one learning rate for all of it.
+    learning_rate: float = 1e-4
+    head_learning_rate: float = 1e-4
+    min_train_positives: int = 1  # the student's trained categories are the teacher's, whatever the counts
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.teacher:
+            raise ValueError("a teacher is needed (--teacher BUNDLE_OR_RUN)")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError("alpha must be in [0, 1]")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        if self.augment_copies < 0:
+            raise ValueError("augment_copies must be >= 0")
+        explicit = parse_layer_map(self.layer_map)
+        if explicit is not None:
+            if self.layers and self.layers != len(explicit):
+                raise ValueError(f"--layers {self.layers} but --layer-map {self.layer_map!r} lists {len(explicit)} layers")
+            self.layers = len(explicit)
+        if self.layers < 1:
+            raise ValueError("--layers K must be >= 1")
+        self.unlabelled = [str(p) for p in self.unlabelled]
 
 
 @dataclass
@@ -201,6 +259,10 @@ class ExportOptions:
     allow_parity_failure: bool = False
     show_progress: bool = True
     quantization: str = "auto"  # auto (the fastest scheme whose quality holds) or one of QUANT_SCHEMES
+
+    def __post_init__(self) -> None:
+        if self.calibration is not None and self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be platt or isotonic, not {self.calibration!r}")
     base: str | None = None  # the encoder a bundle was trained from (needed to re-export a bundle)
 
 

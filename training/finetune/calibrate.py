@@ -48,6 +48,8 @@ def fit_isotonic(logits: np.ndarray, labels: np.ndarray) -> CategoryCalibration:
 def fit_calibration(logits: np.ndarray, labels: np.ndarray, trained: np.ndarray,
                     method: str = "platt") -> dict[str, CategoryCalibration]:
     """One calibration per trained category from text-level (max over windows) dev logits."""
+    if method not in ("platt", "isotonic"):
+        raise ValueError(f"calibration must be platt or isotonic, not {method!r}")
     fit = fit_isotonic if method == "isotonic" else fit_platt
     return {slug: fit(logits[:, c], labels[:, c]) for c, slug in enumerate(CATEGORY_SLUGS) if trained[c]}
 

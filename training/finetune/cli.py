@@ -1,4 +1,4 @@
-"""`shenhe train`, `shenhe export` and `shenhe card`. Light imports only: torch, transformers and sklearn load inside commands."""
+"""`shenhe train`, `shenhe distill`, `shenhe export` and `shenhe card`. Light imports only: torch, transformers and sklearn load inside commands."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from shenhe.models.bundle import BundleError
 from shenhe.models.errors import UserError, cli_errors
 from shenhe.models.policy import PolicyError
 from shenhe.training.data import BUILD_DIR
-from shenhe.training.finetune.args import ExportOptions, TrainingArguments, default_help, given
+from shenhe.training.finetune.args import (
+    LAYER_MAPS,
+    DistillArguments,
+    ExportOptions,
+    TrainingArguments,
+    default_help,
+    given,
+)
 
 DEFAULT_BASE = "~/.cache/shenhe/encoders/me5-small-zh"
 
@@ -233,6 +240,148 @@ def train_cmd(
     run()
 
 
+def distill_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run directory of the student (same shape as a `shenhe train` run).")],
+    teacher: Annotated[Path | None, typer.Option(
+        "--teacher", help="The teacher: a bundle (e.g. models/default) or a finished `shenhe train` run.")] = None,
+    layers: Annotated[int | None, typer.Option(
+        "--layers", min=1, help="K: encoder layers the student keeps (e.g. 6, 4 or 3 of the teacher's 12).")] = None,
+    layer_map: Annotated[str | None, typer.Option(
+        "--layer-map", help="Which teacher layers: spread (every n/K-th, ending at the top layer: 1,3,...,11 for "
+                            "K=6), bottom (the first K), or a list such as 0,4,8,11. "
+                            f"{default_help(DistillArguments, 'layer_map')}")] = None,
+    data: Annotated[Path, typer.Option("--data", help="Folder with train.jsonl, dev.jsonl and (optional) test.jsonl.")] = BUILD_DIR,
+    unlabelled: Annotated[list[Path] | None, typer.Option(
+        "--unlabelled", help="Texts without labels to learn the teacher's scores on (JSONL with \"text\", or one "
+                             "text per line); repeatable. Texts in dev, test or holdout are dropped.")] = None,
+    augment_copies: Annotated[int | None, typer.Option(
+        "--augment-copies", min=0, help="Obfuscated copies of each training text (training/finetune/augment.py), "
+                                        "fixed and scored by the teacher too. "
+                                        f"{default_help(DistillArguments, 'augment_copies')}")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        "--alpha", min=0.0, max=1.0, help="Weight of the teacher's soft scores; 1 - alpha on the gold labels. "
+                                          f"{default_help(DistillArguments, 'alpha')}")] = None,
+    temperature: Annotated[float | None, typer.Option(
+        "--temperature", min=0.01, help="Softens both logits in the teacher term. "
+                                        f"{default_help(DistillArguments, 'temperature')}")] = None,
+    base: Annotated[str | None, typer.Option(
+        "--base", help="The encoder the teacher was fine-tuned from (default: a run's own; for a bundle, the "
+                       "imported me5-small-zh).")] = None,
+    teacher_cache: Annotated[Path | None, typer.Option(
+        "--teacher-cache", help="Folder for the teacher's cached logits (default RUN/teacher); students of one "
+                                "teacher on one corpus can share it.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    epochs: Annotated[int | None, typer.Option("--epochs", help=f"Epochs. {default_help(DistillArguments, 'epochs')}")] = None,
+    lr: Annotated[float | None, typer.Option(
+        "--lr", help=f"Encoder learning rate. {default_help(DistillArguments, 'learning_rate')}")] = None,
+    head_lr: Annotated[float | None, typer.Option(
+        "--head-lr", help=f"Head learning rate (the head is the teacher's). "
+                          f"{default_help(DistillArguments, 'head_learning_rate')}")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", help=default_help(DistillArguments, "batch_size"))] = None,
+    max_length: Annotated[int | None, typer.Option("--max-length", help="Tokens per window (default: the teacher's).")] = None,
+    stride: Annotated[int | None, typer.Option("--stride", help="Window overlap (default: the teacher's).")] = None,
+    warmup_ratio: Annotated[float | None, typer.Option(
+        "--warmup-ratio", help=default_help(DistillArguments, "warmup_ratio"))] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help=default_help(DistillArguments, "seed"))] = None,
+    freeze_embeddings: Annotated[bool | None, typer.Option(
+        "--freeze-embeddings/--train-embeddings", help="Default: frozen on CPU, trained on GPU.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimiser steps.")] = None,
+    time_budget: Annotated[float | None, typer.Option(
+        "--time-budget-minutes", help="Stop training after this many minutes (over all resumes), then evaluate.")] = None,
+    max_train_samples: Annotated[int | None, typer.Option(
+        "--max-train-samples", help="Deterministic subsample of train; rare-category positives are always kept.")] = None,
+    max_per_source: Annotated[int | None, typer.Option("--max-per-source", help="Cap train rows per source.")] = None,
+    eval_every: Annotated[int | None, typer.Option(
+        "--eval-every-steps", help="Dev evaluation every N steps (0: epochs only). "
+                                   f"{default_help(DistillArguments, 'eval_every_steps')}")] = None,
+    eval_samples: Annotated[int | None, typer.Option(
+        "--eval-samples", help=f"Dev subsample during training (0: all). {default_help(DistillArguments, 'eval_samples')}")] = None,
+    save_every: Annotated[int | None, typer.Option(
+        "--save-every-steps", help=f"Checkpoint every N steps. {default_help(DistillArguments, 'save_every_steps')}")] = None,
+    patience: Annotated[int | None, typer.Option(
+        "--patience", min=1, help="Early stopping on the student's dev macro-F1: evaluations without improvement. "
+                                  f"{default_help(DistillArguments, 'early_stopping_patience')}")] = None,
+    snapshot_every: Annotated[int | None, typer.Option(
+        "--snapshot-every-steps", min=1, help="Keep the trainable weights every N steps (for --average-last).")] = None,
+    average_last: Annotated[int | None, typer.Option(
+        "--average-last", min=0, help="Average the last K snapshots at the end when that scores at least as well. "
+                                      f"{default_help(DistillArguments, 'average_last')}")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: cores available).")] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="auto, cpu or cuda (the teacher always runs on onnxruntime, CPU). "
+                         f"{default_help(DistillArguments, 'device')}")] = None,
+    calibration: Annotated[str | None, typer.Option(
+        "--calibration", help=f"platt or isotonic. {default_help(DistillArguments, 'calibration')}")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Distil a teacher (bundle or run) into a student with K of its layers, trained on the teacher's cached window
+    logits plus the gold labels; export it with `shenhe export --run`."""
+
+    _passive_openmp()
+    # Options map to DistillArguments fields; an option not given keeps the dataclass default.
+    overrides = given(
+        layers=layers, layer_map=layer_map, augment_copies=augment_copies, alpha=alpha, temperature=temperature,
+        epochs=epochs, learning_rate=lr, head_learning_rate=head_lr, batch_size=batch_size, max_length=max_length,
+        window_stride=stride, warmup_ratio=warmup_ratio, seed=seed, freeze_embeddings=freeze_embeddings,
+        max_steps=max_steps, time_budget_minutes=time_budget, max_train_samples=max_train_samples,
+        max_per_source=max_per_source, eval_every_steps=eval_every, eval_samples=eval_samples,
+        save_every_steps=save_every, early_stopping_patience=patience, snapshot_every_steps=snapshot_every,
+        average_last=average_last, threads=threads, device=device, calibration=calibration,
+    )
+    for name in ("eval_every_steps", "eval_samples"):  # 0 on the command line: off (None in the dataclass)
+        if overrides.get(name) == 0:
+            overrides[name] = None
+
+    @cli_errors(*_expected_errors(), OSError)
+    def run() -> None:
+        from shenhe.training.finetune.distill import distill
+        from shenhe.training.finetune.trainer import load_run_args
+
+        if resume:
+            args = load_run_args(out, DistillArguments, kind="distill")
+            for name in RESUMABLE:
+                if name in overrides:
+                    setattr(args, name, overrides[name])
+            try:
+                args.__post_init__()  # the overrides are checked like a new run's arguments
+            except ValueError as e:
+                raise UserError(str(e)) from None
+        else:
+            from shenhe.training.finetune.teacher import resolve_teacher
+
+            if teacher is None:
+                raise UserError("--teacher is needed (a bundle such as models/default, or a finished run)")
+            if layers is None and overrides.get("layer_map", "spread") in LAYER_MAPS:
+                raise UserError("--layers K is needed (or an explicit --layer-map such as 0,4,8,11)")
+            found = resolve_teacher(teacher)
+            chosen = base or found.base or _default_base()
+            base_path = Path(chosen).expanduser()
+            # The student's windows are the teacher's unless given.
+            overrides.setdefault("max_length", found.max_length)
+            overrides.setdefault("window_stride", found.window_stride)
+            try:
+                args = DistillArguments(
+                    base=str(base_path) if base_path.exists() else chosen, data=data, out=out, teacher=str(teacher),
+                    unlabelled=[str(p) for p in unlabelled or []],
+                    teacher_cache=str(teacher_cache) if teacher_cache else None, **overrides)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+        try:
+            info = distill(args, resume=resume, show_progress=not quiet)
+        except KeyboardInterrupt:
+            raise UserError(f"interrupted; continue from the last checkpoint with: shenhe distill --resume --out {out}",
+                            exit_code=130) from None
+        d = info["summary"]["distillation"]
+        print(json.dumps({"run": str(out), "teacher": d["teacher"]["name"], "layers": d["kept_layers"],
+                          "steps": info["state"]["global_step"], "stop_reason": info["state"]["stop_reason"],
+                          "train_samples_per_second": info["train_samples_per_second"],
+                          "dev_macro_f1": info["dev_macro_f1"], "test_macro_f1": info["test_macro_f1"]},
+                         ensure_ascii=False))
+
+    run()
+
+
 def export_cmd(
     run: Annotated[Path, typer.Option("--run", help="A finished `shenhe train` run directory, or a bundle to re-export "
                                                     "(its weights are read back from model.onnx; needs --base).")],
@@ -262,11 +411,15 @@ def export_cmd(
     def go() -> None:
         from shenhe.training.finetune.export import export_bundle
 
-        path = export_bundle(ExportOptions(
-            run=run, out=out, allow_parity_failure=allow_parity_failure, show_progress=not quiet,
-            base=base or (_default_base() if (run / "bundle.json").is_file() else None),
-            **given(name=name, version=version, data=data, policy=policy, baseline=baseline, calibration=calibration,
-                     threads=threads, quantization=quantization)))
+        try:
+            opts = ExportOptions(
+                run=run, out=out, allow_parity_failure=allow_parity_failure, show_progress=not quiet,
+                base=base or (_default_base() if (run / "bundle.json").is_file() else None),
+                **given(name=name, version=version, data=data, policy=policy, baseline=baseline,
+                        calibration=calibration, threads=threads, quantization=quantization))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        path = export_bundle(opts)
         metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
         parity = {k: v for k, v in metrics["parity"].items() if k != "attempts"}
         print(json.dumps({"bundle": str(path), "dev_macro_f1": metrics["dev"]["macro_f1"],
@@ -305,5 +458,6 @@ def card_cmd(
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train_cmd)
+    app.command("distill")(distill_cmd)
     app.command("export")(export_cmd)
     app.command("card")(card_cmd)

@@ -62,7 +62,7 @@ from shenhe.training.finetune.thresholds import decisions, points_as_dicts
 MAX_FP32_PROB_DIFF = 1e-4
 PARITY_TEXTS = 256
 # Run arguments that name files on the training machine, not hyperparameters.
-RUN_PATH_ARGS = ("base", "data", "out", "init_from", "extra")
+RUN_PATH_ARGS = ("base", "data", "out", "init_from", "extra", "teacher", "teacher_cache", "unlabelled")
 FRAMEWORKS = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy", "scikit-learn")
 
 
@@ -99,6 +99,22 @@ def _throughput(session: Any, windower: WindowTokenizer, texts: list[str]) -> di
             "threads": session.get_session_options().intra_op_num_threads,
             # Other processes on the machine slow this down; the 1-minute load average says how busy it was.
             "load_average_1min": round(os.getloadavg()[0], 2), "cores": default_threads()}
+
+
+def _teacher_speed(distillation: dict[str, Any], windower: WindowTokenizer, texts: list[str],
+                   threads: int) -> dict[str, Any]:
+    """A distilled student's teacher timed like the student (:func:`_throughput`), when it is a bundle that is
+    still there, unchanged; otherwise why not."""
+    from shenhe.models.bundle import sha256_file
+    from shenhe.training.finetune.backend import ort_session
+
+    teacher = distillation.get("teacher") or {}
+    if teacher.get("kind") != "bundle":
+        return {"note": "the teacher is a training run (no served model to time)"}
+    path = Path(teacher["path"]) / MODEL_FILE
+    if not path.is_file() or sha256_file(path) != teacher.get("model_sha256"):
+        return {"note": f"{path} is missing or no longer the teacher's model"}
+    return _throughput(ort_session(path, threads), windower, texts)
 
 
 def describe_base(base: str) -> str:
@@ -422,6 +438,9 @@ def _bundle_metrics(job: _Job, ref: _Reference, chosen: _Candidate, judged: Judg
     metrics["parity"] = parity
     metrics["speed"] = _throughput(chosen.session, job.windower, job.dev.texts)
     metrics["training"] = _training_summary(job.info)
+    if metrics["training"]["distillation"]:  # a distilled student: time its teacher too, same texts, same run
+        metrics["training"]["distillation"]["teacher_speed"] = _teacher_speed(
+            metrics["training"]["distillation"], job.windower, job.dev.texts, job.threads)
     metrics["frameworks"] = framework_versions()
     if job.opts.baseline:
         metrics["baseline"] = _baseline_metrics(job.opts.baseline)
@@ -433,7 +452,8 @@ def _training_summary(info: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {k: info.get(k) for k in ("train_samples_per_second", "dev_macro_f1", "test_macro_f1")}
     out.update({k: info["summary"].get(k) for k in
                 ("device", "train_rows", "train_rows_available", "trained_categories", "untrained_categories",
-                 "freeze_embeddings", "trainable_parameters", "warm_start", "averaging", "augmentation")})
+                 "freeze_embeddings", "trainable_parameters", "warm_start", "averaging", "augmentation",
+                 "distillation")})
     sampling = info["summary"].get("sampling") or {}
     out["sampling"] = None
     if sampling.get("source_power") is not None or sampling.get("harmless_boost") or sampling.get("rare_factors"):

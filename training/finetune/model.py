@@ -8,7 +8,7 @@ the parameters that train (see trainer.py), so frozen embeddings are never rewri
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,17 +53,44 @@ class MultiLabelClassifier(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-def encoder_layers(encoder: nn.Module) -> nn.ModuleList | None:
-    """The stack of transformer layers of a BERT / XLM-R style encoder."""
-    for path in ("encoder.layer", "layers", "transformer.layer"):
+LAYER_PATHS = ("encoder.layer", "layers", "transformer.layer")  # where BERT / XLM-R style encoders keep their layers
+
+
+def _layer_holder(encoder: nn.Module) -> tuple[nn.Module, str] | None:
+    for path in LAYER_PATHS:
+        *parents, last = path.split(".")
         obj: Any = encoder
-        for part in path.split("."):
+        for part in parents:
             obj = getattr(obj, part, None)
             if obj is None:
                 break
-        if isinstance(obj, nn.ModuleList):
-            return obj
+        if obj is not None and isinstance(getattr(obj, last, None), nn.ModuleList):
+            return obj, last
     return None
+
+
+def encoder_layers(encoder: nn.Module) -> nn.ModuleList | None:
+    """The stack of transformer layers of a BERT / XLM-R style encoder."""
+    found = _layer_holder(encoder)
+    return None if found is None else getattr(found[0], found[1])
+
+
+def keep_layers(model: MultiLabelClassifier, keep: Sequence[int]) -> None:
+    """Keep only the encoder layers ``keep`` (in that order), in place: a distilled student's shape
+    (training/finetune/distill.py). The config says so, so ``save_pretrained`` / ``from_pretrained`` round-trip
+    the smaller encoder."""
+    found = _layer_holder(model.encoder)
+    if found is None:
+        raise ValueError("cannot find the encoder's layers (not a BERT / XLM-R style encoder)")
+    holder, attr = found
+    layers = getattr(holder, attr)
+    kept = nn.ModuleList([layers[i] for i in keep])
+    for new_index, layer in enumerate(kept):
+        for module in layer.modules():  # attention caches are indexed by layer (unused by an encoder; kept right)
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index  # type: ignore[assignment]  # nn.Module.__setattr__ is typed for Tensor | Module values
+    setattr(holder, attr, kept)
+    model.encoder.config.num_hidden_layers = len(kept)
 
 
 def freeze(model: MultiLabelClassifier, embeddings: bool, bottom_layers: int) -> None:

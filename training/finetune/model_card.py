@@ -73,7 +73,8 @@ def front_matter(manifest: BundleManifest, metrics: dict[str, Any], sources: Seq
         meta.update(license="other", license_name=NON_COMMERCIAL_LICENCE, license_link=CARD_FILE)
     else:
         meta["license"] = PROJECT_LICENCE
-    meta["tags"] = [*TAGS, *(["int8"] if "int8" in manifest.quantization.lower() else [])]
+    meta["tags"] = [*TAGS, *(["int8"] if "int8" in manifest.quantization.lower() else []),
+                    *(["knowledge-distillation"] if (metrics.get("training") or {}).get("distillation") else [])]
     meta["datasets"] = [s.name for s in sources]
     meta["metrics"] = ["f1"]
     base = hub_id(manifest.base_encoder)

@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import torch
@@ -151,6 +151,8 @@ def text_logits(model: MultiLabelClassifier, windower: WindowTokenizer, normaliz
 
 
 class Trainer:
+    KIND = "train"  # the command that makes such runs (run.json "kind"; --resume checks it)
+
     def __init__(self, args: TrainingArguments, resume: bool = False, show_progress: bool = True) -> None:
         self.args = args
         self.resume = resume
@@ -161,6 +163,21 @@ class Trainer:
         self._run_info: dict[str, Any] | None = None  # run.json's content while training
 
     # -- setup ---------------------------------------------------------------------------------------
+
+    def _build_model(self) -> None:
+        """``self.model``, ``self.tokenizer``, ``self.text_prefix``, ``self.windower`` and ``self.warm_start``
+        (the base encoder with a fresh head, or warm-started; distill.py builds a student here instead)."""
+        a = self.args
+        encoder, self.tokenizer, self.text_prefix = load_base(a.base)
+        pad_id = self.tokenizer.pad_token_id
+        self.windower = WindowTokenizer(self.tokenizer.backend_tokenizer, a.max_length, a.window_stride,
+                                        pad_token_id=0 if pad_id is None else int(pad_id),
+                                        text_prefix=self.text_prefix)
+        self.model = MultiLabelClassifier(encoder, dropout=a.dropout, pooling=a.pooling)
+        self.warm_start: dict[str, Any] | None = None
+        if a.init_from:  # also on resume: frozen tensors are not in checkpoints
+            probe = self.windower.first_windows(self.dev_eval.normalized[:32])
+            self.warm_start = init_from(self.model, self.tokenizer, Path(a.init_from), probe).to_dict()
 
     def _prepare(self) -> None:
         a = self.args
@@ -191,16 +208,7 @@ class Trainer:
         self.test_split: Split | None = splits.get("test")
         self.dev_eval = eval_subsample(self.dev_split, a.eval_samples, a.seed)
 
-        encoder, self.tokenizer, self.text_prefix = load_base(a.base)
-        pad_id = self.tokenizer.pad_token_id
-        self.windower = WindowTokenizer(self.tokenizer.backend_tokenizer, a.max_length, a.window_stride,
-                                        pad_token_id=0 if pad_id is None else int(pad_id),
-                                        text_prefix=self.text_prefix)
-        self.model = MultiLabelClassifier(encoder, dropout=a.dropout, pooling=a.pooling)
-        self.warm_start: dict[str, Any] | None = None
-        if a.init_from:  # also on resume: frozen tensors are not in checkpoints
-            probe = self.windower.first_windows(self.dev_eval.normalized[:32])
-            self.warm_start = init_from(self.model, self.tokenizer, Path(a.init_from), probe).to_dict()
+        self._build_model()
         freeze(self.model, self.freeze_embeddings, a.freeze_layers)
         self.model.to(self.device)
 
@@ -453,18 +461,22 @@ class Trainer:
         factor = self._lr_factor()
         for g, lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             g["lr"] = lr * factor
-        logits = self.model(ids, mask)
-        per = nn.functional.binary_cross_entropy_with_logits(
-            logits, y, pos_weight=self.pos_weight.to(self.device), reduction="none")
-        cat_mask = self.loss_mask.to(self.device)
-        rows = self.row_weights[batch].to(self.device).unsqueeze(1)  # sample weights (mean 1 over train)
-        loss = (per * cat_mask * rows).sum() / (cat_mask.sum() * len(batch))  # untrained categories are masked
+        loss = self._batch_loss(self.model(ids, mask), y, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.args.grad_clip:
             nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.args.grad_clip)
         self.optimizer.step()
         return float(loss.detach())
+
+    def _batch_loss(self, logits: torch.Tensor, y: torch.Tensor, batch: list[int]) -> torch.Tensor:
+        """Masked, positive-weighted, sample-weighted BCE against the gold labels (distill.py mixes in the
+        teacher's scores)."""
+        per = nn.functional.binary_cross_entropy_with_logits(
+            logits, y, pos_weight=self.pos_weight.to(self.device), reduction="none")
+        cat_mask = self.loss_mask.to(self.device)
+        rows = self.row_weights[batch].to(self.device).unsqueeze(1)  # sample weights (mean 1 over train)
+        return (per * cat_mask * rows).sum() / (cat_mask.sum() * len(batch))  # untrained categories are masked
 
     def _budget_spent(self) -> bool:
         a, s = self.args, self.state
@@ -607,7 +619,8 @@ class Trainer:
                 # A larger budget or more epochs on resume continue a finished run; early stopping stays final.
                 if not self.state.stop_reason.startswith("early stopping"):
                     self.state.stop_reason = ""
-            info: dict[str, Any] = {"arch": "bert", "status": "training", "args": self.args.to_json(), "summary": self.summary}
+            info: dict[str, Any] = {"arch": "bert", "kind": self.KIND, "status": "training", "args": self.args.to_json(),
+                                    "summary": self.summary}
             _write_json(run_file, info)
             self._run_info = info
             log.info("summary %s", json.dumps(self.summary, ensure_ascii=False))
@@ -633,10 +646,22 @@ def train(args: TrainingArguments, resume: bool = False, show_progress: bool = T
     return Trainer(args, resume=resume, show_progress=show_progress).run()
 
 
-def load_run_args(out: Path) -> TrainingArguments:
+RunArgs = TypeVar("RunArgs", bound=TrainingArguments)
+
+
+@overload
+def load_run_args(out: Path) -> TrainingArguments: ...
+@overload
+def load_run_args(out: Path, cls: type[RunArgs], kind: str) -> RunArgs: ...
+def load_run_args(out: Path, cls: type[TrainingArguments] = TrainingArguments, kind: str = "train") -> TrainingArguments:
+    """The arguments of the run in ``out`` (to resume it); ``kind`` is the command that made it ("train", "distill")."""
     run_file = out / RUN_FILE
     if not run_file.is_file():
         raise TrainError(f"{out}: no {RUN_FILE} to resume from")
-    args = TrainingArguments.from_json(json.loads(run_file.read_text(encoding="utf-8"))["args"])
+    info = json.loads(run_file.read_text(encoding="utf-8"))
+    made_by = info.get("kind", "train")
+    if made_by != kind:
+        raise TrainError(f"{out}: a `shenhe {made_by}` run; continue it with `shenhe {made_by} --resume --out {out}`")
+    args = cls.from_json(info["args"])
     args.out = Path(out)  # the folder it is in now: a run that was moved or copied resumes where it is
     return args

@@ -27,7 +27,14 @@ import torch
 from shenhe.models.bundle import MANIFEST_FILE, MODEL_FILE, TOKENIZER_FILE
 from shenhe.models.windowing import Window, pad_batch
 from shenhe.training.finetune.errors import TrainError
-from shenhe.training.finetune.model import CLASSIFIER_FILE, ENCODER_DIR, HEAD_FILE, MultiLabelClassifier
+from shenhe.training.finetune.model import (
+    CLASSIFIER_FILE,
+    ENCODER_DIR,
+    HEAD_FILE,
+    MultiLabelClassifier,
+    encoder_layers,
+    keep_layers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +98,7 @@ def _from_model_dir(model: MultiLabelClassifier, tokenizer: Any, directory: Path
     for file in sorted((directory / ENCODER_DIR).glob("*.safetensors")):
         encoder_state.update(load_file(str(file)))
     head = load_file(str(directory / HEAD_FILE))
+    _fit_layers(model, encoder_state, r"^encoder\.layer\.(\d+)\.", directory)
     missing, _unexpected = model.encoder.load_state_dict(encoder_state, strict=False)
     missing = [k for k in missing if "position_ids" not in k and not k.startswith("pooler.")]
     if missing:
@@ -100,6 +108,21 @@ def _from_model_dir(model: MultiLabelClassifier, tokenizer: Any, directory: Path
     except RuntimeError as e:
         raise TrainError(f"--init-from {directory}: head does not fit this model: {str(e).splitlines()[0]}") from None
     return WarmStartReport(source=str(directory), kind="model", tensors=len(encoder_state) + len(head))
+
+
+def _fit_layers(model: MultiLabelClassifier, names: Any, pattern: str, source: Path) -> None:
+    """A distilled student (``shenhe distill``) has fewer encoder layers than its base encoder: keep that many
+    of the model's layers (the source's weights replace them) so its weights fit."""
+    found = {int(m.group(1)) for name in names if (m := re.match(pattern, name))}
+    layers = encoder_layers(model.encoder)
+    if not found or layers is None or len(layers) == max(found) + 1:
+        return
+    stored = max(found) + 1
+    if stored > len(layers):
+        raise TrainError(f"--init-from {source}: {stored} encoder layers, the base encoder {len(layers)}")
+    keep_layers(model, list(range(stored)))
+    log.info("%s has %d encoder layers (a distilled student): the model keeps %d of the base's %d",
+             source, stored, stored, len(layers))
 
 
 # -- bundles -----------------------------------------------------------------------------------------
@@ -232,6 +255,7 @@ def _from_bundle(model: MultiLabelClassifier, tokenizer: Any, directory: Path,
     values, half_steps = _bundle_tensors(directory / MODEL_FILE)
     report = WarmStartReport(source=str(directory), kind="bundle",
                              model=f"{bundle.get('name', '?')} {bundle.get('version', '?')}")
+    _fit_layers(model, values, r"^encoder\.encoder\.layer\.(\d+)\.", directory)
     own = model.state_dict()
     wanted = [k for k in own if "position_ids" not in k and not k.startswith("encoder.pooler.")]
     missing = [k for k in wanted if k not in values]
