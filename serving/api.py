@@ -88,10 +88,15 @@ def _error_response(request: Request | None, status: int, code: str, message: st
 
 
 class RequestContext:
-    """Pure ASGI middleware (no body buffering): request id in, ``X-Request-ID`` out, metrics, log."""
+    """Pure ASGI middleware (no body buffering): request id in, ``X-Request-ID`` out, metrics, log.
 
-    def __init__(self, app: ASGIApp) -> None:
+    In the ``/v1`` app the runtime is the app's; :class:`NativeApiGuard` wraps BentoML's own API routes in
+    the same context, with this app's runtime and the route's path as the endpoint name."""
+
+    def __init__(self, app: ASGIApp, runtime_of: Any = None, endpoint: str | None = None) -> None:
         self.app = app
+        self.runtime_of = runtime_of
+        self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,8 +119,10 @@ class RequestContext:
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             await send(message)
 
-        app = scope.get("app")
-        runtime: Runtime | None = getattr(getattr(app, "state", None), "runtime", None)
+        if self.runtime_of is not None:
+            runtime: Runtime | None = self.runtime_of()
+        else:
+            runtime = getattr(getattr(scope.get("app"), "state", None), "runtime", None)
         client = (scope.get("client") or ("", 0))[0]
         try:
             if runtime is not None and not runtime.keys.enabled and not _is_loopback(client):
@@ -128,7 +135,7 @@ class RequestContext:
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
+            endpoint = self.endpoint or getattr(route, "path", None) or "unmatched"
             if runtime is not None:
                 runtime.metrics.observe_request(endpoint, status, elapsed)
                 log_event(runtime.logger, "request", method=scope["method"], endpoint=endpoint, status=status,
@@ -159,6 +166,10 @@ def _max_body_bytes(config: ServingConfig) -> int:
 
 
 async def _read_json(request: Request, config: ServingConfig) -> Any:
+    return _parse_json(await _read_body(request, config))
+
+
+async def _read_body(request: Request, config: ServingConfig) -> bytes:
     limit = _max_body_bytes(config)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -170,7 +181,10 @@ async def _read_json(request: Request, config: ServingConfig) -> Any:
         if size > limit:
             raise ApiError(413, "body_too_large", f"request body exceeds {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def _parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise ApiError(400, "invalid_json", "request body is empty; expected a JSON object")
     try:
@@ -350,6 +364,13 @@ async def classify(request: Request) -> Response:
     runtime = _runtime(request)
     _authorize(request, runtime, "classify")
     req = _parse_classify(await _read_json(request, runtime.config), runtime.config)
+    body = await classify_request(request, runtime, req)
+    return Response(body.model_dump_json(), media_type="application/json")
+
+
+async def classify_request(request: Request, runtime: Runtime, req: ClassifyRequest) -> ClassifyResponse:
+    """Score a validated request, queue its review-band items, count and log: ``POST /v1/classify`` and the
+    BentoML-native ``classify`` endpoint (serving/service.py) both answer through this."""
     texts = [item.text for item in req.items]
     predictions = await _score(request, runtime, texts)
     rid: str = request.state.request_id
@@ -378,14 +399,13 @@ async def classify(request: Request) -> Response:
                       categories=p.categories, review_id=review_ids.get(i))
 
     first = predictions[0]
-    body = ClassifyResponse(
+    return ClassifyResponse(
         items=[ItemResult.from_prediction(item.id, p, review_ids.get(i))
                for i, (item, p) in enumerate(zip(req.items, predictions, strict=True))],
         model=ModelRef(name=first.model.name, version=first.model.version),
         policy_version=first.policy_version,
         request_id=rid,
     )
-    return Response(body.model_dump_json(), media_type="application/json")
 
 
 @app.get(
