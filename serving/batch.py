@@ -457,14 +457,15 @@ class Enqueuer:
         self.seen = 0
 
     def add(self, table: pa.Table) -> None:
+        import pyarrow.compute as pc
+
         from shenhe.models.types import Prediction, Reason, TermMatch
         from shenhe.serving.queue import NewReviewItem
 
-        if table.num_rows == 0:
-            return
+        review = table.filter(pc.equal(table.column("decision"), "review"))
         items: list[NewReviewItem] = []
-        for r in table.to_pylist():
-            if r["decision"] != "review" or r["_text"] is None:
+        for r in review.to_pylist():
+            if r["_text"] is None:
                 continue
             reasons = [Reason(x["category"], x["kind"], x["score"], x["threshold"], (x["span"][0], x["span"][1]),
                               x.get("action")) for x in json.loads(r["_reasons"])]
