@@ -145,9 +145,11 @@ def find_inputs(spec: str) -> list[str]:
         if info.type == pafs.FileType.File:
             found = [spec]
         elif info.type == pafs.FileType.Directory:
-            found = sorted(f"{scheme}://{i.path}" if scheme != "file" else f"file://{i.path}"
+            root = path.rstrip("/") + "/"
+            found = sorted(f"{scheme}://{i.path}"
                            for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                           if i.type == pafs.FileType.File and _fmt(i.path))
+                           if i.type == pafs.FileType.File and _fmt(i.path)
+                           and not any(part.startswith((".", "_")) for part in i.path.removeprefix(root).split("/")))
         else:
             raise BatchError(f"{spec}: no such file or directory")
     else:
@@ -169,18 +171,32 @@ def find_inputs(spec: str) -> list[str]:
     return found
 
 
-def _open(path: str) -> Any:
+def _open(path: str, seekable: bool = False) -> Any:
     if _is_uri(path):
         fs, p = _filesystem(path)
-        return fs.open_input_stream(p)
+        return fs.open_input_file(p) if seekable else fs.open_input_stream(p)
     return open(path, "rb")  # noqa: SIM115 (closed by the caller's with)
+
+
+def _lines(f: Any, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The lines of a binary stream (a local file or a pyarrow stream, which does not iterate lines)."""
+    rest = b""
+    while True:
+        data = f.read(chunk)
+        if not data:
+            break
+        parts = (rest + bytes(data)).split(b"\n")
+        rest = parts.pop()
+        yield from parts
+    if rest:
+        yield rest
 
 
 def _count_json(path: str, text_field: str) -> int:
     """Rows of a JSONL file (non-blank lines, as pyarrow reads them); checks the first one's shape."""
     n = 0
     with _open(path) as f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, line in enumerate(_lines(f), 1):
             if not line.strip():
                 continue
             if n == 0:
@@ -214,7 +230,7 @@ def _count_parquet(path: str, text_field: str) -> int:
     import pyarrow.parquet as pq
 
     try:
-        with _open(path) as f:
+        with _open(path, seekable=True) as f:
             meta = pq.ParquetFile(f).metadata
             names = meta.schema.to_arrow_schema().names
     except Exception as e:
@@ -235,12 +251,20 @@ def part_name(path: str) -> str:
     return f"{PART_PREFIX}{safe}-{hashlib.sha256(path.encode('utf-8')).hexdigest()[:12]}"
 
 
-def describe_inputs(spec: str, text_field: str = "text") -> list[InputFile]:
-    """Find the input files and count their rows (cheap: a line count, a CSV scan, Parquet metadata)."""
+def describe_inputs(spec: str, text_field: str = "text", output: Path | None = None) -> list[InputFile]:
+    """Find the input files and count their rows (cheap: a line count, a CSV scan, Parquet metadata).
+    Files inside ``output`` (an earlier run's parts, when the output folder is inside the input folder) are
+    not inputs."""
     counters: dict[str, Callable[[str, str], int]] = {"json": _count_json, "csv": _count_csv,
                                                       "parquet": _count_parquet}
     files: list[InputFile] = []
-    for path in find_inputs(spec):
+    paths = find_inputs(spec)
+    if output is not None:
+        out = output.resolve()
+        paths = [p for p in paths if _is_uri(p) or not Path(p).is_relative_to(out)]
+        if not paths:
+            raise BatchError(f"{spec}: no input files outside the output folder {output}")
+    for path in paths:
         fmt = _fmt(path)
         assert fmt is not None
         try:
@@ -358,8 +382,7 @@ def read_part_metadata(path: Path) -> dict[str, str]:
 class Scorer:
     """A Ray Data actor: one Predictor (one onnxruntime session with ``threads`` intra-op threads)."""
 
-    def __init__(self, bundle: str | None, policy: str | None, threads: int, text_field: str, id_field: str,
-                 for_queue: bool) -> None:
+    def __init__(self, bundle: str | None, policy: str | None, threads: int, for_queue: bool) -> None:
         # The tokenizer's own thread pool: no more threads than this actor's share of the cores.
         os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
         if threads == 1:
@@ -367,12 +390,10 @@ class Scorer:
         from shenhe.models.predictor import Predictor
 
         self.predictor = Predictor(bundle, policy=policy, intra_op_threads=threads, allow_spinning=False)
-        self.text_field = text_field
-        self.id_field = id_field
         self.for_queue = for_queue
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return score_table(self.predictor, batch, self.text_field, self.id_field, self.for_queue)
+        return score_table(self.predictor, batch, self.for_queue)
 
 
 def _ids(batch: pa.Table, id_field: str) -> pa.Array:
@@ -393,17 +414,27 @@ def _ids(batch: pa.Table, id_field: str) -> pa.Array:
                         pa.string())
 
 
-def score_table(predictor: Any, batch: pa.Table, text_field: str, id_field: str, for_queue: bool) -> pa.Table:
-    """Score one Arrow batch (columns ``path``, the text field, maybe the id field) into output rows.
+def normalize_block(block: pa.Table, text_field: str, id_field: str) -> pa.Table:
+    """Runs in the read tasks: every block becomes ``path``, ``id``, ``text`` (all strings), whatever the
+    format and the id's type, so the blocks of different files can share a batch."""
+    import pyarrow as pa
+
+    text = block.column(text_field) if text_field in block.column_names else pa.nulls(block.num_rows, pa.string())
+    return pa.table({"path": block.column("path").cast(pa.string()), "id": _ids(block, id_field),
+                     "text": text.cast(pa.string())})
+
+
+def score_table(predictor: Any, batch: pa.Table, for_queue: bool) -> pa.Table:
+    """Score one Arrow batch (``path``, ``id``, ``text``: :func:`normalize_block`) into output rows.
     A missing (null) text is scored as empty text (it passes) and flagged in ``_missing``."""
     import pyarrow as pa
 
-    raw = batch.column(text_field).to_pylist()
+    raw = batch.column("text").to_pylist()
     texts = [t if isinstance(t, str) else "" for t in raw]
     preds = predictor.predict(texts, batch_size=32)
     cols: dict[str, Any] = {
-        "source": batch.column("path").cast(pa.string()),
-        "id": _ids(batch, id_field),
+        "source": batch.column("path"),
+        "id": batch.column("id"),
         "decision": pa.array([p.decision for p in preds], pa.string()),
         "categories": pa.array([list(p.categories) for p in preds], pa.list_(pa.string())),
         "_missing": pa.array([not isinstance(t, str) for t in raw], pa.bool_()),
@@ -567,11 +598,12 @@ def start_ray(address: str | None) -> tuple[Any, float, bool]:
 
 
 def _quiet_console() -> None:
-    """Ray's and Ray Data's log lines off the console (Ray Data's still go to its session log file)."""
+    """Ray's and Ray Data's log lines off the console (Ray Data's still go to its session log file, and a
+    failure ends the run with one line of ours)."""
     logging.getLogger("ray").setLevel(logging.ERROR)
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.ERROR)
+            handler.setLevel(logging.CRITICAL)
 
 
 def _ray_cause(e: BaseException) -> str:
@@ -605,7 +637,7 @@ def _read(ray: Any, fmt: str, paths: list[str], text_field: str, id_field: str, 
     import pyarrow.parquet as pq
 
     def columns(p: str) -> list[str]:
-        with _open(p) as f:
+        with _open(p, seekable=True) as f:
             names = pq.ParquetFile(f).schema_arrow.names
         return [c for c in (id_field, text_field) if c in names]
 
@@ -638,7 +670,7 @@ def run_batch(opts: BatchOptions, log: Callable[[str], None] | None = None) -> B
         serving = ServingConfig.from_env()
     except ConfigError:
         serving = ServingConfig()
-    files = describe_inputs(opts.inputs, opts.text_field)
+    files = describe_inputs(opts.inputs, opts.text_field, opts.output)
     out = opts.output
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(f"{TMP_PREFIX}*"):  # a killed run's half-written parts
@@ -723,7 +755,7 @@ def _worker_paths(bundle_dir: Path, opts: BatchOptions) -> tuple[str | None, str
 def _score_files(ray: Any, todo: list[InputFile], opts: BatchOptions, out: Path, metadata: dict[str, str],
                  actors: int, enqueuer: Enqueuer | None, worker_paths: tuple[str | None, str | None]
                  ) -> tuple[int, int]:
-    """Run the pipeline over ``todo`` (grouped by format) and write one part per file.
+    """Run the pipeline over ``todo`` (one per input format, in turn) and write one part per file.
     Returns (texts scored, texts missing their text field)."""
     import pyarrow as pa
 
@@ -735,7 +767,7 @@ def _score_files(ray: Any, todo: list[InputFile], opts: BatchOptions, out: Path,
     with _Progress(sum(f.rows for f in todo), opts.progress) as progress, warnings.catch_warnings():
         # A file read as fewer blocks than actors (Parquet: one per row group) only idles an actor.
         warnings.filterwarnings("ignore", message=".*minimum number of concurrent actors.*")
-        for fmt in ("json", "csv", "parquet"):
+        for fmt in ("json", "csv", "parquet"):  # one pipeline per format, in turn (a union interleaves them)
             group = [f for f in todo if f.fmt == fmt]
             if not group:
                 continue
@@ -743,6 +775,8 @@ def _score_files(ray: Any, todo: list[InputFile], opts: BatchOptions, out: Path,
             # Blocks are what the actors take one at a time: at least one per actor, about block_rows each.
             blocks = max(len(group), min(rows, actors), math.ceil(rows / max(1, opts.block_rows)))
             ds = _read(ray, fmt, [f.path for f in group], opts.text_field, opts.id_field, blocks)
+            ds = ds.map_batches(normalize_block, fn_kwargs={"text_field": opts.text_field, "id_field": opts.id_field},
+                                batch_size=None, batch_format="pyarrow")  # runs inside the read tasks
             with warnings.catch_warnings():  # Ray 2.5x deprecates the remote-args spelling of max_restarts
                 warnings.simplefilter("ignore")
                 ds = _map(ray, ds, opts, actors, worker_paths, enqueuer is not None)
@@ -788,7 +822,7 @@ def _map(ray: Any, ds: Any, opts: BatchOptions, actors: int, worker_paths: tuple
     return ds.map_batches(
         Scorer,
         fn_constructor_kwargs={"bundle": worker_paths[0], "policy": worker_paths[1], "threads": opts.threads,
-                               "text_field": opts.text_field, "id_field": opts.id_field, "for_queue": for_queue},
+                               "for_queue": for_queue},
         batch_size=opts.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=opts.threads,
         # Ray Data's default restarts a dead actor forever: a bundle that cannot load would loop. On this
@@ -805,7 +839,15 @@ def _iter_tables(ray: Any, ds: Any) -> Iterator[pa.Table]:
     except BatchError:
         raise
     except ray.exceptions.RayError as e:
-        raise BatchError(f"scoring failed: {_ray_cause(e)}") from None
+        raise BatchError(f"reading or scoring failed: {_ray_cause(e)} (Ray Data's log: "
+                         f"{_ray_log_dir(ray)})") from None
+
+
+def _ray_log_dir(ray: Any) -> str:
+    try:
+        return str(Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "ray-data")
+    except Exception:  # a private API (and none on a Ray Client connection): name the usual place
+        return "the Ray session's logs/ray-data folder"
 
 
 def _runs(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:

@@ -74,6 +74,15 @@ def test_inputs_by_file_directory_and_glob(tmp_path: Path) -> None:
     bad = _write_jsonl(tmp_path / "bad.jsonl", [{"id": "1", "body": "no text field"}])
     with pytest.raises(BatchError, match=r"bad.jsonl:1: expected an object with a string 'text' field"):
         describe_inputs(str(bad))
+    # A URI (here file://) of a folder: its files as URIs, read through pyarrow's file systems.
+    uri = f"file://{(tmp_path / 'in').resolve()}"
+    assert [f.rsplit("/", 1)[-1] for f in find_inputs(uri)] == ["a.jsonl", "b.csv"]
+    assert all(f.startswith("file:///") for f in find_inputs(uri))
+    assert [f.rows for f in describe_inputs(uri)] == [2, 2]
+    # An output folder inside the input folder: its parts are not inputs.
+    _write_jsonl(tmp_path / "in" / "out" / "part-a-0123.jsonl", [{"text": "x"}])
+    assert [Path(f.path).name for f in describe_inputs(str(tmp_path / "in"), output=tmp_path / "in" / "out")] == [
+        "a.jsonl", "b.csv"]
     # Same file name in two folders: two parts.
     assert part_name("/x/a.jsonl") != part_name("/y/a.jsonl")
     assert part_name("/x/a.jsonl").startswith("part-a-")
@@ -236,7 +245,11 @@ def test_kill_mid_run_then_resume_finishes_without_duplicates_or_gaps(serving_fi
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        psutil.wait_procs([p for p in (psutil.Process(x) for x in pids if psutil.pid_exists(x))], timeout=30)
+        procs = []
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                procs.append(psutil.Process(pid))
+        psutil.wait_procs(procs, timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
