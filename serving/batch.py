@@ -85,7 +85,7 @@ class BatchOptions:
     id_field: str = "id"
     batch_size: int = 256  # texts per Predictor call inside an actor
     block_rows: int = 1024  # rows per Ray block (the unit an actor takes at a time)
-    actors: int | None = None  # default: the cluster's CPUs // threads
+    actors: int | None = None  # default: (the cluster's CPUs - SPARE_CPUS) // threads
     threads: int = 1  # onnxruntime intra-op threads per actor
     progress: bool = True
 

@@ -78,7 +78,7 @@ def batch_cmd(
     policy: Annotated[Path | None, typer.Option("--policy", help="Operator policy YAML (default: the bundle's).")] = None,
     text_field: Annotated[str, typer.Option("--text-field", help="Field (column) holding the text.")] = "text",
     id_field: Annotated[str, typer.Option("--id-field", help="Field (column) holding the id, kept in the output.")] = "id",
-    actors: Annotated[int | None, typer.Option("--actors", min=1, help="Scoring actors (default: the cluster's CPUs / --threads).")] = None,
+    actors: Annotated[int | None, typer.Option("--actors", min=1, help="Scoring actors (default: the cluster's CPUs but one, / --threads).")] = None,
     threads: Annotated[int, typer.Option("--threads", min=1, help="onnxruntime intra-op threads per actor.")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Texts per model call batch in an actor.")] = 256,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress and no summary table.")] = False,

@@ -148,7 +148,7 @@ def test_batch_scores_every_format_like_the_predictor(tiny_bundle: Path, serving
     out = tmp_path / "out"
     db = f"sqlite:///{tmp_path / 'queue.db'}"
     args = ["--input", str(inputs), "--output", str(out), "--bundle", str(tiny_bundle),
-            "--policy", str(serving_files["policy"]), "--jsonl", "--enqueue", db, "--batch-size", "5"]
+            "--policy", str(serving_files["policy"]), "--jsonl", "--enqueue", db]  # batches span files
     run = _batch(*args)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Ray ready in" in run.stderr and "review backlog" in run.stderr
