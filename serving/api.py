@@ -102,6 +102,13 @@ async def classify(request: Request) -> Response:
     runtime = runtime_of(request)
     authorize(request, runtime, "classify")
     req = parse_classify(await read_json(request, runtime.config), runtime.config)
+    body = await classify_request(request, runtime, req)
+    return Response(body.model_dump_json(), media_type="application/json")
+
+
+async def classify_request(request: Request, runtime: Runtime, req: ClassifyRequest) -> ClassifyResponse:
+    """Score a validated request, queue its review-band items, count and log: ``POST /v1/classify`` and the
+    BentoML-native ``classify`` endpoint (serving/native.py) both answer through this."""
     texts = [item.text for item in req.items]
     predictions = await _score(request, runtime, texts)
     rid: str = request.state.request_id
@@ -130,14 +137,13 @@ async def classify(request: Request) -> Response:
                       categories=p.categories, review_id=review_ids.get(i))
 
     first = predictions[0]
-    body = ClassifyResponse(
+    return ClassifyResponse(
         items=[ItemResult.from_prediction(item.id, p, review_ids.get(i))
                for i, (item, p) in enumerate(zip(req.items, predictions, strict=True))],
         model=ModelRef(name=first.model.name, version=first.model.version),
         policy_version=first.policy_version,
         request_id=rid,
     )
-    return Response(body.model_dump_json(), media_type="application/json")
 
 
 @app.get(

@@ -27,6 +27,11 @@ def max_body_bytes(config: ServingConfig) -> int:
 
 async def read_json(request: Request, config: ServingConfig) -> Any:
     """The request body as JSON, read up to :func:`max_body_bytes`."""
+    return parse_json(await read_body(request, config))
+
+
+async def read_body(request: Request, config: ServingConfig) -> bytes:
+    """The raw request body, refused (413) beyond :func:`max_body_bytes`."""
     limit = max_body_bytes(config)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -38,7 +43,11 @@ async def read_json(request: Request, config: ServingConfig) -> Any:
         if size > limit:
             raise ApiError(413, "body_too_large", f"request body exceeds {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON: empty, non-UTF-8 and invalid bodies are 400s with their own codes."""
     if not raw.strip():
         raise ApiError(400, "invalid_json", "request body is empty; expected a JSON object")
     try:

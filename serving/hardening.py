@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from shenhe.serving.runtime import Runtime
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-JSON_PATHS = ("/v1/", "/review/api/")
+JSON_PATHS = ("/v1/", "/review/api/", "/classify")  # /classify: the BentoML-native endpoint
 HEALTH_PATHS = frozenset({"/healthz", "/livez", "/readyz"})  # probes address the pod by IP
 
 

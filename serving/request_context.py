@@ -7,6 +7,7 @@ import ipaddress
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -32,10 +33,16 @@ def _is_loopback(host: str) -> bool:
 
 
 class RequestContext:
-    """Pure ASGI middleware (no body buffering): request id in, ``X-Request-ID`` out, metrics, log."""
+    """Pure ASGI middleware (no body buffering): request id in, ``X-Request-ID`` out, metrics, log.
 
-    def __init__(self, app: ASGIApp) -> None:
+    In the ``/v1`` app the runtime is the app's; :class:`~shenhe.serving.native.NativeApiGuard` wraps BentoML's
+    own API routes in the same context, with this app's runtime and the route's path as the endpoint name."""
+
+    def __init__(self, app: ASGIApp, runtime_of: Callable[[], Runtime | None] | None = None,
+                 endpoint: str | None = None) -> None:
         self.app = app
+        self.runtime_of = runtime_of
+        self.endpoint = endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,8 +65,10 @@ class RequestContext:
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             await send(message)
 
-        app = scope.get("app")
-        runtime: Runtime | None = getattr(getattr(app, "state", None), "runtime", None)
+        if self.runtime_of is not None:
+            runtime: Runtime | None = self.runtime_of()
+        else:
+            runtime = getattr(getattr(scope.get("app"), "state", None), "runtime", None)
         client = (scope.get("client") or ("", 0))[0]
         try:
             if runtime is not None and not runtime.keys.enabled and not _is_loopback(client):
@@ -72,7 +81,7 @@ class RequestContext:
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
+            endpoint = self.endpoint or getattr(route, "path", None) or "unmatched"
             if runtime is not None:
                 runtime.metrics.observe_request(endpoint, status, elapsed)
                 log_event(runtime.logger, "request", method=scope["method"], endpoint=endpoint, status=status,

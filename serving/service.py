@@ -1,7 +1,9 @@
 """The BentoML service: ``bentoml serve serving.service:Shenhe`` (``shenhe serve`` wraps it).
 
 One instance per worker process loads the bundle through ``models.predictor`` (onnxruntime; never
-torch), opens the review store and serves the ``/v1`` FastAPI app (serving/api.py). BentoML provides
+torch), opens the review store and serves the ``/v1`` FastAPI app (serving/api.py) and one BentoML-native
+endpoint, ``classify`` (``POST /classify``, serving/native.py: what BentoML's clients and API schema see;
+it answers like ``POST /v1/classify``). BentoML provides
 the process model (``--workers``), ``/healthz`` (``/livez``), ``/readyz`` (bundle loaded and database
 reachable, via ``__is_ready__``) and ``/metrics`` (BentoML's metrics plus ours, the queue depth and
 the live precision read at scrape time via ``__metrics__``). serving/hardening.py sits in front of all
@@ -20,6 +22,8 @@ from shenhe.serving.api import app as api_app
 from shenhe.serving.config import ConfigError, ServingConfig, bentoml_timeout
 from shenhe.serving.hardening import HardeningMiddleware
 from shenhe.serving.logging import configure_logging
+from shenhe.serving.native import ClassifyItems, NativeApiGuard, classify_native
+from shenhe.serving.schemas import ClassifyResponse
 
 if TYPE_CHECKING:
     from shenhe.serving.runtime import Runtime
@@ -89,10 +93,21 @@ class Shenhe:
     def __metrics__(self, content: str) -> str:
         return content + self.runtime.queue_metrics_text() + _live_precision_text(self.runtime)
 
+    @bentoml.api(route="/classify")
+    async def classify(self, items: ClassifyItems, ctx: bentoml.Context) -> ClassifyResponse:
+        """Classify 1 to 256 texts: the same request, answer, API key role (classify), batching and review-queue
+        write as POST /v1/classify."""
+        status, response = await classify_native(ctx.request, items)
+        ctx.response.status_code = status  # BentoML answers with the context's status
+        return response  # type: ignore[return-value]  # a finished Response: BentoML sends it as it is
+
     @bentoml.on_shutdown
     def _close(self) -> None:
         self.runtime.close()
 
 
-# Host / Origin / content-type checks and the /metrics key, in front of every route (serving/hardening.py).
-Shenhe.add_asgi_middleware(HardeningMiddleware)  # type: ignore[attr-defined]  # a bentoml Service: mypy drops class decorators' types (mypy#3135)
+# Host / Origin / content-type checks and the /metrics key, in front of every route (serving/hardening.py);
+# then, for the BentoML-native routes, the /v1 request context, keys and validation (serving/native.py).
+# (type: ignore below: a bentoml Service; mypy drops class decorators' types, mypy#3135)
+Shenhe.add_asgi_middleware(HardeningMiddleware)  # type: ignore[attr-defined]
+Shenhe.add_asgi_middleware(NativeApiGuard)  # type: ignore[attr-defined]

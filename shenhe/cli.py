@@ -36,6 +36,7 @@ for _module in (
     "shenhe.training.encoder.cli",
     "shenhe.training.finetune.cli",
     "shenhe.classify_cli",
+    "shenhe.batch_cli",
     "shenhe.serving.cli",
     "shenhe.eval.cli",
     "shenhe.retrain_cli",

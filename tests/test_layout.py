@@ -2,7 +2,7 @@
 
 ``models/`` is what training, serving and eval share, so it imports none of them; those three import
 ``models`` and not each other; none of them imports the CLI layer (``shenhe/cli.py``,
-``shenhe/classify_cli.py``), which imports them.
+``shenhe/classify_cli.py``, ``shenhe/batch_cli.py``), which imports them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("models", "training", "serving", "eval")
-CLI_MODULES = ("shenhe.cli", "shenhe.classify_cli", "shenhe.retrain_cli")
+CLI_MODULES = ("shenhe.cli", "shenhe.classify_cli", "shenhe.retrain_cli", "shenhe.batch_cli")
 # Folders whose code is part of the project (imports checked); .venv, data and runs are not.
 CODE_DIRS = (*LAYERS, "shenhe", "tests", "bench", "scripts")
 
