@@ -55,6 +55,10 @@ _ENV_FIELDS = {
     "review_order": "SHENHE_REVIEW_ORDER",
 }
 
+# Other names accepted for a variable (read only when the main name is unset): deployment templates often
+# spell the database URL out in full.
+_ENV_ALIASES = {"db_url": ("SHENHE_DATABASE_URL",)}
+
 LOOPBACK_HOST_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -136,8 +140,16 @@ class ServingConfig(BaseModel):
         """Read ``SHENHE_*`` variables (empty values count as unset); ``overrides`` win."""
         env = os.environ if env is None else env
         data: dict[str, object] = {}
+        read_from: dict[str, str] = {}  # field -> the variable its value came from (for error messages)
         for field, var in _ENV_FIELDS.items():
             value = env.get(var, "").strip()
+            read_from[field] = var
+            for alias in _ENV_ALIASES.get(field, ()):
+                other = env.get(alias, "").strip()
+                if value and other and other != value:
+                    raise ConfigError(f"{var} and {alias} are both set and differ: set one of them")
+                if other and not value:
+                    value, read_from[field] = other, alias
             if value:
                 data[field] = value
         data.update({k: v for k, v in overrides.items() if v is not None})
@@ -146,7 +158,7 @@ class ServingConfig(BaseModel):
         except ValidationError as e:
             first = e.errors()[0]
             field = str(first["loc"][0]) if first["loc"] else "config"
-            where = _ENV_FIELDS.get(field, field)
+            where = read_from.get(field, field)
             msg = first["msg"].removeprefix("Value error, ")
             raise ConfigError(f"{where}: {msg} (got {data.get(field)!r})") from None
 

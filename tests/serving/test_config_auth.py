@@ -23,6 +23,17 @@ def test_defaults_and_env() -> None:
     assert ServingConfig.from_env({"SHENHE_PORT": "4000"}, port=5000).port == 5000  # overrides win
 
 
+def test_database_url_alias() -> None:
+    # SHENHE_DATABASE_URL (the spelling deployment templates use) works where SHENHE_DB_URL is unset.
+    url = "postgresql+psycopg://u@h/db"
+    assert ServingConfig.from_env({"SHENHE_DATABASE_URL": url}).db_url == url
+    assert ServingConfig.from_env({"SHENHE_DATABASE_URL": url, "SHENHE_DB_URL": url}).db_url == url
+    with pytest.raises(ConfigError, match="SHENHE_DB_URL and SHENHE_DATABASE_URL"):
+        ServingConfig.from_env({"SHENHE_DATABASE_URL": url, "SHENHE_DB_URL": "sqlite:///x.db"})
+    with pytest.raises(ConfigError, match="^SHENHE_DATABASE_URL: "):
+        ServingConfig.from_env({"SHENHE_DATABASE_URL": "var/shenhe.db"})
+
+
 def test_to_env_round_trips(tmp_path: Path) -> None:
     c = ServingConfig.from_env({}, bundle=tmp_path, max_text_chars=123, log_texts=True)
     again = ServingConfig.from_env(c.to_env())
@@ -112,14 +123,15 @@ def test_serving_config_owns_every_shenhe_variable_the_service_reads() -> None:
     texts, messages, docs) is a ServingConfig variable."""
     import re
 
-    from shenhe.serving.config import _ENV_FIELDS
+    from shenhe.serving.config import _ENV_ALIASES, _ENV_FIELDS
 
     read = re.compile(r"os\.environ\.get\(|os\.environ\[|os\.getenv\(|\benviron\.get\(")
     readers = [p.name for p in sorted(SERVING.glob("*.py")) if p.name != "config.py"
                and read.search(p.read_text(encoding="utf-8"))]
     assert readers == []
     mentioned = {name for p in SERVING.glob("*.py") for name in re.findall(r"SHENHE_[A-Z_]+", p.read_text(encoding="utf-8"))}
-    assert mentioned - {"SHENHE_"} <= set(_ENV_FIELDS.values()), mentioned - set(_ENV_FIELDS.values())
+    known = set(_ENV_FIELDS.values()) | {alias for names in _ENV_ALIASES.values() for alias in names}
+    assert mentioned - {"SHENHE_"} <= known, mentioned - known
 
 
 def test_predictor_settings_come_from_the_config(tiny_bundle: Path) -> None:
