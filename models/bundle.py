@@ -2,7 +2,9 @@
 
 Files: ``model.onnx`` (INT8; inputs ``input_ids``/``attention_mask`` int64 [batch, seq], output ``logits``
 float32 [batch, 9]), ``tokenizer.json``, ``bundle.json`` (this manifest), ``policy.yaml``, ``metrics.json``
-and ``MODEL_CARD.md``. ``bundle.json`` lists the sha256 of every other file; a mismatch (a corrupted or
+and ``MODEL_CARD.md``; optionally ``ngram.npz``, a character n-gram model blended with the encoder (the
+manifest's ``ngram`` section, see ``models/ngram.py``; a bundle without the section scores with the encoder
+alone). ``bundle.json`` lists the sha256 of every other file; a mismatch (a corrupted or
 swapped model) refuses to load.
 """
 
@@ -67,6 +69,38 @@ class CategoryCalibration(BaseModel):
         return 1.0 / (1.0 + np.exp(-np.clip(z, -60.0, 60.0)))
 
 
+class CategoryBlend(BaseModel):
+    """One category's ensemble logit: ``encoder * encoder_logit + ngram * ngram_logit + bias`` (then the
+    category's calibration). ``encoder`` > 0 so that blending each window and taking the maximum over
+    windows equals blending the text's maximum, which is what the weights were fit on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    encoder: float = Field(gt=0.0)
+    ngram: float
+    bias: float = 0.0
+
+
+class NgramEnsemble(BaseModel):
+    """``bundle.json`` ``ngram``: the n-gram component file and, per blended category, its weights.
+    Trained categories not in ``blend`` score with the encoder alone."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: str = "ngram.npz"
+    blend: dict[str, CategoryBlend]
+    source: str = ""  # the TF-IDF run it was converted from
+    features: int = Field(0, ge=0)
+    fit: dict[str, Any] = {}  # what the weights were fit on (split, texts, method)
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not v or v != Path(v).name or v in (".", ".."):
+            raise ValueError(f"must be a file name inside the bundle, not {v!r}")
+        return v
+
+
 class DataSource(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -101,6 +135,7 @@ class BundleManifest(BaseModel):
     files: dict[str, str]  # file name -> sha256 hex
     metrics: dict[str, Any] = {}  # summary; the full numbers are in metrics.json
     quantization: str = "int8 dynamic (per-channel weights, per-tensor activations)"
+    ngram: NgramEnsemble | None = None  # absent: the encoder alone
 
     @field_validator("slugs")
     @classmethod
@@ -122,6 +157,12 @@ class BundleManifest(BaseModel):
             raise ValueError(f"no calibration for trained category {missing[0]!r}")
         if self.window_stride >= self.max_length - 2:
             raise ValueError(f"window_stride {self.window_stride} must be below max_length - 2")
+        if self.ngram is not None:
+            if self.ngram.file not in self.files:
+                raise ValueError(f"ngram: {self.ngram.file} has no hash in files")
+            untrained = [s for s in self.ngram.blend if s not in self.trained_categories]
+            if untrained:
+                raise ValueError(f"ngram: blend for {untrained[0]!r}, which the bundle does not score")
         return self
 
     @property
@@ -142,6 +183,11 @@ class Bundle:
     @property
     def tokenizer_path(self) -> Path:
         return self.dir / TOKENIZER_FILE
+
+    @property
+    def ngram_path(self) -> Path | None:
+        """The n-gram component blended with the encoder, if the bundle has one."""
+        return None if self.manifest.ngram is None else self.dir / self.manifest.ngram.file
 
     def metrics(self) -> dict[str, Any]:
         p = self.dir / METRICS_FILE

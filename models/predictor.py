@@ -1,8 +1,9 @@
 """Score texts with a bundle's ONNX model and turn scores into policy decisions.
 
 Only onnxruntime, tokenizers and numpy (plus ``models.*``): serving never needs torch or transformers.
-Steps per text: shared normalisation -> token windows -> INT8 ONNX logits -> per-category calibration ->
-maximum over windows -> policy thresholds and word lists -> :class:`models.types.Prediction`.
+Steps per text: shared normalisation -> token windows -> INT8 ONNX logits -> (a bundle with an n-gram
+component: each window's logits blended with the text's n-gram logits, ``models/ngram.py``) -> per-category
+calibration -> maximum over windows -> policy thresholds and word lists -> :class:`models.types.Prediction`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from shenhe.models.bundle import Bundle, BundleError, check_policy_fits, load_bundle
 from shenhe.models.cores import SPIN_ENV, default_threads
 from shenhe.models.decision import Thresholds
+from shenhe.models.ngram import NgramError, NgramModel, blend_arrays, blend_logits
 from shenhe.models.normalize import Normalized, normalize
 from shenhe.models.policy import CATEGORY_SLUGS, Policy, load_policy
 from shenhe.models.terms import TermMatcher
@@ -32,6 +34,7 @@ class Prepared:
     norms: list[Normalized]
     live: list[int]  # indices of texts with a non-empty normalisation (windows' text_index counts these)
     windows: list[Window]
+    ngram: np.ndarray | None = None  # n-gram logits [len(live), 9] when the bundle blends an n-gram model
 
     @property
     def tokens(self) -> int:
@@ -76,11 +79,26 @@ class Predictor:
                                                       self.manifest.text_prefix)
         except Exception as e:  # tokenizers raises a bare Exception on a malformed file
             raise BundleError(f"{self.bundle.tokenizer_path}: cannot load tokenizer ({str(e).splitlines()[0][:200]})") from None
+        self.ngram: NgramModel | None = None
+        self._blend: np.ndarray | None = None  # [3, 9] (models/ngram.py: blend_arrays)
+        if self.bundle.ngram_path is not None:
+            self.ngram, self._blend = self._load_ngram(self.bundle.ngram_path)
         self._calibrators: list[Callable[[np.ndarray], np.ndarray] | None] = [
             self.manifest.calibration[s].apply if s in self.manifest.trained_categories else None
             for s in CATEGORY_SLUGS
         ]
         self.set_policy(self.policy)
+
+    def _load_ngram(self, path: Path) -> tuple[NgramModel, np.ndarray]:
+        assert self.manifest.ngram is not None
+        try:
+            model = NgramModel.load(path)
+        except NgramError as e:
+            raise BundleError(str(e)) from None
+        missing = [s for s in self.manifest.ngram.blend if s not in model.categories]
+        if missing:
+            raise BundleError(f"{path}: no n-gram weights for blended category {missing[0]!r}")
+        return model, blend_arrays(self.manifest.ngram.blend)
 
     def set_policy(self, policy: Policy) -> None:
         """Swap the operating policy (thresholds, word lists) without reloading the model."""
@@ -109,7 +127,10 @@ class Predictor:
         norms = [normalize(t) for t in texts]
         live = [i for i, norm in enumerate(norms) if norm.text]  # empty text: no model call, scores 0
         windows = self.windower.windows([norms[i].text for i in live]) if live else []
-        return Prepared(norms, live, windows)
+        return Prepared(norms, live, windows, self._ngram_logits(norms, live))
+
+    def _ngram_logits(self, norms: Sequence[Normalized], live: Sequence[int]) -> np.ndarray | None:
+        return None if self.ngram is None else self.ngram.logits([norms[i].text for i in live])
 
     def finish_scores(self, prepared: Prepared, window_logits: np.ndarray
                       ) -> tuple[np.ndarray, list[list[tuple[int, int]]]]:
@@ -120,6 +141,11 @@ class Predictor:
         spans = [[(0, norm.original_length)] * len(CATEGORY_SLUGS) for norm in norms]
         if not live:
             return scores, spans
+        if self._blend is not None:
+            ngram = prepared.ngram if prepared.ngram is not None else self._ngram_logits(norms, live)
+            assert ngram is not None
+            text_of = np.fromiter((w.text_index for w in windows), dtype=np.int64, count=len(windows))
+            window_logits = blend_logits(window_logits, ngram[text_of], self._blend)
         probs = np.zeros(window_logits.shape, dtype=np.float64)
         for c, calibrate in enumerate(self._calibrators):
             if calibrate is not None:  # untrained categories stay 0: the model has no signal for them

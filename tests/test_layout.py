@@ -69,6 +69,20 @@ def test_layers_import_one_way(layer: str) -> None:
     assert bad == []
 
 
+# What serving loads (the Predictor, a bundle's n-gram component, the service) never imports the training stack;
+# models/baseline.py scores a TF-IDF run with scikit-learn for evaluation only, and serving never imports it.
+TRAINING_ONLY = ("torch", "transformers", "sklearn", "scipy", "joblib")
+
+
+def test_serving_and_the_predictor_import_no_training_library() -> None:
+    files = sorted((ROOT / "serving").rglob("*.py")) + [
+        p for p in sorted((ROOT / "models").rglob("*.py")) if p.name != "baseline.py"]
+    bad = [f"{p.relative_to(ROOT)}:{line} imports {m}" for p in files for line, m in _imports(p)
+           if m.split(".")[0] in TRAINING_ONLY or m == "shenhe.models.baseline"]
+    assert bad == []
+    assert ROOT / "models" / "ngram.py" in files
+
+
 def test_a_wheel_installs_only_shenhe_and_its_predictor_works(tmp_path: Path) -> None:
     """Build the wheel, install it into an empty target, and classify a real sentence with the
     packaged default bundle from outside the checkout."""
