@@ -17,7 +17,7 @@ from .errors import EvalDataError
 from .evaluate import baseline_section, evaluate, slice_masks
 from .perturb import PERTURBATIONS, perturb_texts, robustness_section
 from .report import ReportInputs, write_report
-from .scoring import PredictorLike, Scored, load_predictor, score_texts
+from .scoring import PredictorLike, Scored, bundle_model_sha256, load_predictor, score_texts
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,8 @@ def run_eval(cfg: EvalConfig, factory: PredictorFactory | None = None,
     timings["score_s"] = time.perf_counter() - t0
     metrics = evaluate(data, this, bundle_dir=None if cfg.bundle is None else str(cfg.bundle),
                        prevalence=cfg.prevalence)
+    # `shenhe card --eval` attaches a report only to the bundle whose model it measured.
+    metrics["bundle"]["model_sha256"] = bundle_model_sha256(predictor)
     metrics["data"]["population"] = population
     metrics["data"]["sampled"] = data.n != population
     metrics["texts_per_second"] = data.n / timings["score_s"] if timings["score_s"] > 0 else None

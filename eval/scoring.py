@@ -9,6 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
+from shenhe.models.bundle import MODEL_FILE
 from shenhe.models.policy import CATEGORY_SLUGS, Policy
 from shenhe.models.types import ModelInfo, Prediction
 
@@ -66,6 +67,14 @@ def bundle_trained_mask(predictor: object) -> np.ndarray | None:
     manifest = getattr(predictor, "manifest", None)
     mask = getattr(manifest, "trained_mask", None)
     return None if mask is None else np.asarray(mask, dtype=bool)
+
+
+def bundle_model_sha256(predictor: object) -> str | None:
+    """The sha256 of the bundle's model.onnx, when the predictor exposes its manifest (the hash bundle.json lists,
+    verified when the bundle loaded): a report names exactly the model it measured."""
+    files = getattr(getattr(predictor, "manifest", None), "files", None)
+    value = files.get(MODEL_FILE) if isinstance(files, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def from_predictions(predictions: Sequence[Prediction], policy: Policy,

@@ -4,7 +4,8 @@ Files: ``model.onnx`` (INT8; inputs ``input_ids``/``attention_mask`` int64 [batc
 float32 [batch, 9]), ``tokenizer.json``, ``bundle.json`` (this manifest), ``policy.yaml``, ``metrics.json``
 and ``MODEL_CARD.md``; optionally ``ngram.npz``, a character n-gram model blended with the encoder (the
 manifest's ``ngram`` section, see ``models/ngram.py``; a bundle without the section scores with the encoder
-alone). ``bundle.json`` lists the sha256 of every other file; a mismatch (a corrupted or
+alone), and ``evaluation.json`` (summaries of `shenhe eval` reports on this bundle, shown in the card).
+``bundle.json`` lists the sha256 of every other file; a mismatch (a corrupted or
 swapped model) refuses to load.
 """
 
@@ -30,6 +31,7 @@ TOKENIZER_FILE = "tokenizer.json"
 POLICY_FILE = "policy.yaml"
 METRICS_FILE = "metrics.json"
 CARD_FILE = "MODEL_CARD.md"
+EVALUATION_FILE = "evaluation.json"  # optional: evaluation reports attached with `shenhe card --eval`
 REQUIRED_FILES = (MODEL_FILE, TOKENIZER_FILE, POLICY_FILE)
 FORMAT_VERSION = 1
 

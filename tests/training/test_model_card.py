@@ -2,9 +2,11 @@
 against a golden file rendered from a fixed bundle; the default bundle's card is a fresh rendering of its own
 files; `shenhe card` renders a card again and keeps the bundle's hashes valid.
 
-The fixture (tests/training/fixtures/model_card: bundle.json, policy.yaml, metrics.json) is the default
-bundle's files with a recorded training run and framework versions added to metrics.json. After a
-deliberate change to the template or to model_card.py, regenerate the golden file and review its diff:
+The fixture (tests/training/fixtures/model_card: bundle.json, policy.yaml, metrics.json, evaluation.json) is
+the default bundle's files with a recorded training run, framework versions and rebuild record added to
+metrics.json, and evaluation.json summarising eval-report.metrics.json (a hand-trimmed `shenhe eval`
+metrics.json with the sections the card reads; the tests below attach a real one made by `shenhe eval`).
+After a deliberate change to the template or to model_card.py, regenerate the golden file and review its diff:
 
     UPDATE_GOLDEN=1 .venv/bin/pytest tests/training/test_model_card.py
 
@@ -24,11 +26,28 @@ import yaml
 from typer.testing import CliRunner
 
 from shenhe.cli import app
-from shenhe.models.bundle import DEFAULT_BUNDLE_DIR, BundleError, DataSource, load_bundle, read_manifest
-from shenhe.training.finetune.model_card import front_matter, hub_id, render_bundle_card, write_bundle_card
+from shenhe.models.bundle import (
+    DEFAULT_BUNDLE_DIR,
+    EVALUATION_FILE,
+    BundleError,
+    DataSource,
+    load_bundle,
+    read_manifest,
+)
+from shenhe.training.finetune.evaluation import summarise_report
+from shenhe.training.finetune.model_card import (
+    front_matter,
+    hub_id,
+    render_bundle_card,
+    render_model_card,
+    write_bundle_card,
+)
+from shenhe.training.finetune.rebuild import run_command
 
 FIXTURE = Path(__file__).parent / "fixtures" / "model_card"
 GOLDEN = FIXTURE / "MODEL_CARD.expected.md"
+EVAL_DATA = Path(__file__).parent / "data" / "test.jsonl"
+runner = CliRunner()
 
 
 def _front_matter(card: str) -> dict[str, Any]:
@@ -123,3 +142,118 @@ def test_shenhe_card_refuses_a_bundle_whose_other_files_changed(tmp_path: Path) 
     metrics.write_text(metrics.read_text(encoding="utf-8").replace("0.8835", "0.99", 1), encoding="utf-8")
     res = CliRunner().invoke(app, ["card", "--bundle", str(bundle)])
     assert res.exit_code == 2 and "metrics.json does not match its hash" in res.output
+
+
+def test_the_fixture_evaluation_summarises_the_fixture_report() -> None:
+    report = json.loads((FIXTURE / "eval-report.metrics.json").read_text(encoding="utf-8"))
+    evaluation = json.loads((FIXTURE / EVALUATION_FILE).read_text(encoding="utf-8"))
+    assert evaluation["reports"] == [summarise_report(report)]
+
+
+def test_card_has_per_source_and_perturbation_tables_rebuild_commands_and_training_time() -> None:
+    card = GOLDEN.read_text(encoding="utf-8")
+    for needle in (
+        "### `holdout.jsonl`: 4112 texts",
+        "| source | texts | harmful | ethnic_hatred | religion_cult | insult_defamation | harmless | harmless to review "
+        "| harmless blocked |",
+        "| COLD | 3210 | 1601 | **0.960 (875/911, 1183 pos.)** |  | **0.977 (129/132, 421 pos.)** | 1609 | 15.0% (241) "
+        "| 2.4% (38) |",
+        "- insult_defamation: worst source SWSR 0.862, **below 0.95**",
+        "| homophones | 98.1% | 0.874 → 0.752 | 12.2 | 22.3% → 43.8% | +21.5 |",
+        "**Stage 1: `shenhe-me5-zh 2026.11.30.2` (`models/default`).** Not recorded.",
+        "shenhe train --out runs/me5-v7 --base /root/.cache/shenhe/encoders/me5-small-zh --data data/build "
+        "--init-from models/default --lr 7e-05 --max-length 96",
+        "shenhe export --run runs/me5-v7 --out models/candidate --name shenhe-me5-zh --version 2026.12.01.1",
+        "4,964 s of optimisation (1.4 h; 5,100 s with the dev evaluations), 62,336 samples in 1,948 steps, "
+        "12.56 samples/s, on cpu (AMD EPYC, 2 threads of 2 cores)",
+    ):
+        assert needle in card, needle
+
+
+def test_a_card_without_attached_reports_or_a_rebuild_record_says_what_is_missing() -> None:
+    bundle = load_bundle(FIXTURE, verify=False)
+    metrics = json.loads((FIXTURE / "metrics.json").read_text(encoding="utf-8"))
+    del metrics["rebuild"]
+    card = render_model_card(bundle.manifest, bundle.policy, metrics, list(bundle.manifest.data_sources))
+    assert "No evaluation reports attached: add them with `shenhe card --bundle BUNDLE --eval" in card
+    assert "| source | texts |" not in card and "| kind | texts changed |" not in card
+    # from the hyperparameters alone: no paths, no seconds
+    assert "Not recorded: --out, --base, --data (the bundle kept only its hyperparameters)." in card
+    assert "shenhe train --out RUN --init-from models/default --lr 7e-05" in card
+    assert "1,948 steps, 12.56 samples/s, on cpu; the seconds and the machine were not recorded" in card
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A copy of the tiny bundle and a real `shenhe eval` report on it, perturbations included."""
+    root = tmp_path_factory.mktemp("card-eval")
+    bundle = root / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    res = runner.invoke(app, ["eval", "--bundle", str(bundle), "--data", str(EVAL_DATA), "--out", str(root / "report"),
+                              "--perturb", "--perturb-kinds", "homophones,emoji,split", "--threads", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    return bundle, root / "report" / "metrics.json"
+
+
+def _pc(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def test_attaching_an_eval_report_puts_its_numbers_into_the_card(evaluated: tuple[Path, Path], tmp_path: Path) -> None:
+    source, report_path = evaluated
+    bundle = tmp_path / "bundle"
+    shutil.copytree(source, bundle)
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    assert report["bundle"]["model_sha256"] == read_manifest(bundle).files["model.onnx"]
+    res = runner.invoke(app, ["card", "--bundle", str(bundle), "--eval", str(report_path)])
+    assert res.exit_code == 0, res.output
+    load_bundle(bundle)  # evaluation.json and the new card are in bundle.json, hashes hold
+    assert EVALUATION_FILE in read_manifest(bundle).files
+    card = (bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "No evaluation reports attached" not in card
+    section = card.partition(f"### `test.jsonl`: {report['n']} texts")[2].partition("\n## ")[0]
+    for name, s in report["by_source"].items():
+        harmless = report["harmless_review"]["by_source"][name]
+        row = next(line for line in section.splitlines() if line.startswith(f"| {name} | "))
+        assert row.startswith(f"| {name} | {s['n']} | {s['harmful']} | ")
+        assert row.endswith(f"| {harmless['harmless']} | {_pc(harmless['review']['share'])} "
+                            f"({harmless['review']['count']}) | {_pc(harmless['block']['share'])} "
+                            f"({harmless['block']['count']}) |")
+    rb = report["robustness"]
+    for kind, p in rb["perturbations"].items():
+        assert (f"| {kind} | {_pc(p['changed_share'])} | {rb['clean']['binary_accuracy']:.3f} → "
+                f"{p['binary_accuracy']:.3f} | {100 * p['binary_accuracy_drop']:.1f} |") in section, kind
+    assert runner.invoke(app, ["card", "--bundle", str(bundle), "--check"]).exit_code == 0
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"version": "9.9.9"}, "measured on tiny 9.9.9, not on this bundle (tiny 0.0.1)"),
+    ({"model_sha256": "0" * 64}, "measured on a model.onnx with sha256 000000000000"),
+    ({"policy_version": "other"}, "measured with policy other"),
+])
+def test_a_report_of_another_model_or_policy_is_refused(evaluated: tuple[Path, Path], tmp_path: Path,
+                                                         change: dict[str, str], message: str) -> None:
+    source, report_path = evaluated
+    bundle = tmp_path / "bundle"
+    shutil.copytree(source, bundle)
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    report["bundle"].update(change)
+    other = tmp_path / "metrics.json"
+    other.write_text(json.dumps(report), encoding="utf-8")
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    res = runner.invoke(app, ["card", "--bundle", str(bundle), "--eval", str(report_path), "--eval", str(other)])
+    assert res.exit_code == 2 and message in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before  # nothing attached, nothing rewritten
+
+
+def test_an_exported_bundle_card_gives_the_runs_exact_command_and_training_time(tiny_run: Path,
+                                                                               tiny_bundle: Path) -> None:
+    info = json.loads((tiny_run / "run.json").read_text(encoding="utf-8"))
+    card = (tiny_bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
+    command = run_command("train", info["args"])
+    assert command.line in card and "--max-steps 12" in command.line and "--batch-size 8" in command.line
+    seconds = info["state"]["train_seconds"]
+    assert f"{seconds:,.0f} s of optimisation" in card
+    assert f"{info['state']['samples_seen']:,} samples in {info['state']['global_step']:,} steps" in card
+    assert f"shenhe export --run {tiny_run} --out {tiny_bundle} --name tiny --version 0.0.1" in card

@@ -268,6 +268,25 @@ class ExportOptions:
 
 # ---- command-line options fall through to these defaults --------------------------------------------
 
+# `shenhe train` / `shenhe distill` option -> the field it sets (the option's parameter in training/finetune/cli.py
+# is its name with "_" for "-"). training/finetune/rebuild.py writes a run's arguments back as these options.
+RUN_OPTIONS: dict[str, str] = {
+    "--epochs": "epochs", "--lr": "learning_rate", "--head-lr": "head_learning_rate", "--batch-size": "batch_size",
+    "--max-length": "max_length", "--stride": "window_stride", "--warmup-ratio": "warmup_ratio", "--seed": "seed",
+    "--freeze-embeddings": "freeze_embeddings", "--freeze-layers": "freeze_layers", "--max-steps": "max_steps",
+    "--time-budget-minutes": "time_budget_minutes", "--max-train-samples": "max_train_samples",
+    "--max-per-source": "max_per_source", "--eval-every-steps": "eval_every_steps", "--eval-samples": "eval_samples",
+    "--save-every-steps": "save_every_steps", "--patience": "early_stopping_patience",
+    "--snapshot-every-steps": "snapshot_every_steps", "--average-last": "average_last", "--threads": "threads",
+    "--device": "device", "--calibration": "calibration", "--min-train-positives": "min_train_positives",
+    "--oversample-rare": "oversample_rare",
+    "--layers": "layers", "--layer-map": "layer_map", "--alpha": "alpha", "--temperature": "temperature",
+    "--augment-copies": "augment_copies",
+}
+TRAIN_ONLY_OPTIONS = ("--freeze-layers", "--min-train-positives", "--oversample-rare")
+DISTILL_ONLY_OPTIONS = ("--layers", "--layer-map", "--alpha", "--temperature", "--augment-copies")
+ZERO_MEANS_OFF = ("eval_every_steps", "eval_samples")  # 0 on the command line: None in the dataclass
+
 
 def default_help(cls: type[Any], name: str) -> str:
     """``[default: X]`` for an option's help text, X being the dataclass field's default (set only there)."""

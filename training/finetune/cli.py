@@ -6,22 +6,25 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 
-from shenhe.models.bundle import BundleError
+from shenhe.models.bundle import EVALUATION_FILE, BundleError
 from shenhe.models.errors import UserError, cli_errors
 from shenhe.models.policy import PolicyError
 from shenhe.training.data import BUILD_DIR
 from shenhe.training.finetune.args import (
     LAYER_MAPS,
+    RUN_OPTIONS,
+    ZERO_MEANS_OFF,
     DistillArguments,
     ExportOptions,
     TrainingArguments,
     default_help,
     given,
 )
+from shenhe.training.finetune.errors import CardError
 
 DEFAULT_BASE = "~/.cache/shenhe/encoders/me5-small-zh"
 
@@ -86,63 +89,146 @@ def _augment_default() -> float:
     return AugmentConfig().share
 
 
+# ---- the options `shenhe train` and `shenhe distill` share, declared once ------------------------------
+
+
+def _shared_default(name: str) -> str:
+    """``[default: X]`` of a field both commands take; if DistillArguments ever gets its own default, one shared
+    help text would lie about it, so importing this module fails until the option gets a per-command help."""
+    text = default_help(TrainingArguments, name)
+    if default_help(DistillArguments, name) != text:
+        raise AssertionError(f"{name}: train and distill defaults differ; declare the option per command")
+    return text
+
+
+Data = Annotated[Path, typer.Option("--data", help="Folder with train.jsonl, dev.jsonl and (optional) test.jsonl.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
+Epochs = Annotated[int | None, typer.Option("--epochs", help=f"Epochs. {_shared_default('epochs')}")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", help=_shared_default("batch_size"))]
+WarmupRatio = Annotated[float | None, typer.Option("--warmup-ratio", help=_shared_default("warmup_ratio"))]
+Seed = Annotated[int | None, typer.Option("--seed", help=_shared_default("seed"))]
+FreezeEmbeddings = Annotated[bool | None, typer.Option(
+    "--freeze-embeddings/--train-embeddings", help="Default: frozen on CPU, trained on GPU.")]
+MaxSteps = Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimiser steps.")]
+TimeBudget = Annotated[float | None, typer.Option(
+    "--time-budget-minutes", help="Stop training after this many minutes (over all resumes), then evaluate.")]
+MaxTrainSamples = Annotated[int | None, typer.Option(
+    "--max-train-samples", help="Deterministic subsample of train; rare-category positives are always kept.")]
+MaxPerSource = Annotated[int | None, typer.Option(
+    "--max-per-source", help="Cap train rows per source (the rows over the cap are dropped).")]
+EvalEvery = Annotated[int | None, typer.Option(
+    "--eval-every-steps", help=f"Dev evaluation every N steps (0: epochs only). {_shared_default('eval_every_steps')}")]
+EvalSamples = Annotated[int | None, typer.Option(
+    "--eval-samples", help=f"Dev subsample during training (0: all). {_shared_default('eval_samples')}")]
+SaveEvery = Annotated[int | None, typer.Option(
+    "--save-every-steps", help=f"Checkpoint every N steps. {_shared_default('save_every_steps')}")]
+Patience = Annotated[int | None, typer.Option(
+    "--patience", min=1, help="Early stopping: evaluations without dev macro-F1 improvement (with --resume, replaces "
+                              f"the run's value). {_shared_default('early_stopping_patience')}")]
+SnapshotEvery = Annotated[int | None, typer.Option(
+    "--snapshot-every-steps", min=1, help="Keep the trainable weights every N steps in snapshots/ (for --average-last).")]
+AverageLast = Annotated[int | None, typer.Option(
+    "--average-last", min=0, help="At the end, average the last K snapshots; the average is the final model when it "
+                                  "scores at least as well on the dev subsample as the best checkpoint (0: off). "
+                                  f"{_shared_default('average_last')}")]
+Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: cores available).")]
+Calibration = Annotated[str | None, typer.Option(
+    "--calibration", help=f"platt or isotonic. {_shared_default('calibration')}")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+# Options whose help depends on the command (another default, or the teacher's say).
+TEACHERS = "\\[default: the teacher's]"
+
+
+def _lr_option(cls: type[TrainingArguments]) -> Any:
+    return typer.Option("--lr", help=f"Encoder learning rate. {default_help(cls, 'learning_rate')}")
+
+
+def _head_lr_option(cls: type[TrainingArguments], note: str = "") -> Any:
+    return typer.Option("--head-lr", help=f"Head learning rate{note}. {default_help(cls, 'head_learning_rate')}")
+
+
+def _max_length_option(default: str) -> Any:
+    return typer.Option("--max-length", help=f"Tokens per window. {default}")
+
+
+def _stride_option(default: str) -> Any:
+    return typer.Option("--stride", help=f"Tokens shared by consecutive windows of a long text. {default}")
+
+
+def _device_option(cls: type[TrainingArguments], note: str = "") -> Any:
+    return typer.Option("--device", help=f"auto, cpu or cuda{note}. {default_help(cls, 'device')}")
+
+
+def _overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """The dataclass fields a command's parameters (its ``locals()``) set (args.RUN_OPTIONS); an option not given
+    (None) keeps the dataclass default, and 0 for --eval-every-steps / --eval-samples means off (None)."""
+    out = given(**{field: params[param] for flag, field in RUN_OPTIONS.items()
+                   if (param := flag.removeprefix("--").replace("-", "_")) in params})
+    for name in ZERO_MEANS_OFF:
+        if out.get(name) == 0:
+            out[name] = None
+    return out
+
+
+RunArgs = TypeVar("RunArgs", bound=TrainingArguments)
+
+
+def _resumed(out: Path, overrides: dict[str, Any], cls: type[RunArgs], kind: str) -> RunArgs:
+    """The run's own arguments (run.json) with the RESUMABLE options given now, checked like a new run's."""
+    from shenhe.training.finetune.trainer import load_run_args
+
+    args = load_run_args(out, cls, kind=kind)
+    for name in RESUMABLE:
+        if name in overrides:
+            setattr(args, name, overrides[name])
+    try:
+        args.__post_init__()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return args
+
+
+def _interrupted(kind: str, out: Path) -> UserError:
+    return UserError(f"interrupted; continue from the last checkpoint with: shenhe {kind} --resume --out {out}",
+                     exit_code=130)
+
+
 def train_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run directory (checkpoints, logs, final model, metrics).")],
     base: Annotated[str | None, typer.Option(
         "--base", help="Encoder: local directory or hub id (default: the imported me5-small-zh in ~/.cache/shenhe).")] = None,
-    data: Annotated[Path, typer.Option("--data", help="Folder with train.jsonl, dev.jsonl and (optional) test.jsonl.")] = BUILD_DIR,
+    data: Data = BUILD_DIR,
     init_from: Annotated[Path | None, typer.Option(
         "--init-from", help="Warm start from a run, its model/ folder or a bundle fine-tuned from --base "
                             "(e.g. models/default when retraining on reviewer labels).")] = None,
     arch: Annotated[str, typer.Option("--arch", help="bert (fine-tune the encoder) or tfidf (baseline).")] = "bert",
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
-    epochs: Annotated[int | None, typer.Option("--epochs", help=f"Epochs. {default_help(TrainingArguments, 'epochs')}")] = None,
-    lr: Annotated[float | None, typer.Option(
-        "--lr", help=f"Encoder learning rate. {default_help(TrainingArguments, 'learning_rate')}")] = None,
-    head_lr: Annotated[float | None, typer.Option(
-        "--head-lr", help=f"Head learning rate. {default_help(TrainingArguments, 'head_learning_rate')}")] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", help=default_help(TrainingArguments, "batch_size"))] = None,
-    max_length: Annotated[int | None, typer.Option(
-        "--max-length", help=f"Tokens per window. {default_help(TrainingArguments, 'max_length')}")] = None,
-    stride: Annotated[int | None, typer.Option(
-        "--stride", help="Tokens shared by consecutive windows of a long text. "
-                         f"{default_help(TrainingArguments, 'window_stride')}")] = None,
-    warmup_ratio: Annotated[float | None, typer.Option(
-        "--warmup-ratio", help=default_help(TrainingArguments, "warmup_ratio"))] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help=default_help(TrainingArguments, "seed"))] = None,
-    freeze_embeddings: Annotated[bool | None, typer.Option(
-        "--freeze-embeddings/--train-embeddings", help="Default: frozen on CPU, trained on GPU.")] = None,
+    resume: Resume = False,
+    epochs: Epochs = None,
+    lr: Annotated[float | None, _lr_option(TrainingArguments)] = None,
+    head_lr: Annotated[float | None, _head_lr_option(TrainingArguments)] = None,
+    batch_size: BatchSize = None,
+    max_length: Annotated[int | None, _max_length_option(default_help(TrainingArguments, "max_length"))] = None,
+    stride: Annotated[int | None, _stride_option(default_help(TrainingArguments, "window_stride"))] = None,
+    warmup_ratio: WarmupRatio = None,
+    seed: Seed = None,
+    freeze_embeddings: FreezeEmbeddings = None,
     freeze_layers: Annotated[int | None, typer.Option(
         "--freeze-layers", help=f"Freeze the bottom N transformer layers. {default_help(TrainingArguments, 'freeze_layers')}")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimiser steps.")] = None,
-    time_budget: Annotated[float | None, typer.Option(
-        "--time-budget-minutes", help="Stop training after this many minutes (over all resumes), then evaluate.")] = None,
-    max_train_samples: Annotated[int | None, typer.Option(
-        "--max-train-samples", help="Deterministic subsample; rare-category positives are always kept.")] = None,
-    max_per_source: Annotated[int | None, typer.Option(
-        "--max-per-source", help="Cap train rows per source (drops rows; --source-power balances without dropping).")] = None,
-    eval_every: Annotated[int | None, typer.Option(
-        "--eval-every-steps", help="Dev evaluation every N steps (0: epochs only). "
-                                   f"{default_help(TrainingArguments, 'eval_every_steps')}")] = None,
-    eval_samples: Annotated[int | None, typer.Option(
-        "--eval-samples", help=f"Dev subsample during training (0: all). {default_help(TrainingArguments, 'eval_samples')}")] = None,
-    save_every: Annotated[int | None, typer.Option(
-        "--save-every-steps", help=f"Checkpoint every N steps. {default_help(TrainingArguments, 'save_every_steps')}")] = None,
-    patience: Annotated[int | None, typer.Option(
-        "--patience", min=1, help="Early stopping: evaluations without improvement (with --resume, replaces the run's "
-                                  f"value). {default_help(TrainingArguments, 'early_stopping_patience')}")] = None,
-    snapshot_every: Annotated[int | None, typer.Option(
-        "--snapshot-every-steps", min=1, help="Keep the trainable weights every N steps in snapshots/ (for --average-last).")] = None,
-    average_last: Annotated[int | None, typer.Option(
-        "--average-last", min=0, help="At the end, average the last K snapshots; the average is the final model when it "
-                                      "scores at least as well on the dev subsample as the best checkpoint (0: off). "
-                                      f"{default_help(TrainingArguments, 'average_last')}")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: cores available).")] = None,
-    device: Annotated[str | None, typer.Option(
-        "--device", help=f"auto, cpu or cuda. {default_help(TrainingArguments, 'device')}")] = None,
-    calibration: Annotated[str | None, typer.Option(
-        "--calibration", help=f"platt or isotonic. {default_help(TrainingArguments, 'calibration')}")] = None,
+    max_steps: MaxSteps = None,
+    time_budget_minutes: TimeBudget = None,
+    max_train_samples: MaxTrainSamples = None,
+    max_per_source: MaxPerSource = None,
+    eval_every_steps: EvalEvery = None,
+    eval_samples: EvalSamples = None,
+    save_every_steps: SaveEvery = None,
+    patience: Patience = None,
+    snapshot_every_steps: SnapshotEvery = None,
+    average_last: AverageLast = None,
+    threads: Threads = None,
+    device: Annotated[str | None, _device_option(TrainingArguments)] = None,
+    calibration: Calibration = None,
     min_train_positives: Annotated[int | None, typer.Option(
         "--min-train-positives", help="Categories with fewer training positives are untrained (masked). "
                                       f"{default_help(TrainingArguments, 'min_train_positives')}")] = None,
@@ -168,24 +254,12 @@ def train_cmd(
     augment_kinds: Annotated[str | None, typer.Option(
         "--augment-kinds", help="KIND=WEIGHT,... relative weights of homophone, lookalike, insert, traditional "
                                 "(unnamed kinds keep their default weight; 0 turns one off).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Fine-tune an encoder (or fit the TF-IDF baseline) on the built corpus; calibrate and pick thresholds on dev."""
 
+    overrides = _overrides(locals())
     _passive_openmp()
-    # Options map to TrainingArguments fields; an option not given keeps the dataclass default.
-    overrides = given(
-        epochs=epochs, learning_rate=lr, head_learning_rate=head_lr, batch_size=batch_size, max_length=max_length,
-        window_stride=stride, warmup_ratio=warmup_ratio, seed=seed, freeze_embeddings=freeze_embeddings,
-        freeze_layers=freeze_layers, max_steps=max_steps, time_budget_minutes=time_budget,
-        max_train_samples=max_train_samples, max_per_source=max_per_source, eval_every_steps=eval_every,
-        eval_samples=eval_samples, save_every_steps=save_every, early_stopping_patience=patience,
-        snapshot_every_steps=snapshot_every, average_last=average_last, threads=threads, device=device,
-        calibration=calibration, min_train_positives=min_train_positives, oversample_rare=oversample_rare,
-    )
-    for name in ("eval_every_steps", "eval_samples"):  # 0 on the command line: off (None in the dataclass)
-        if overrides.get(name) == 0:
-            overrides[name] = None
 
     @cli_errors(*_expected_errors(), OSError)
     def run() -> None:
@@ -200,17 +274,10 @@ def train_cmd(
         if arch != "bert":
             raise UserError(f"--arch must be bert or tfidf, not {arch!r}")
         from shenhe.training.finetune.args import AugmentConfig, SamplingConfig
-        from shenhe.training.finetune.trainer import load_run_args, train
+        from shenhe.training.finetune.trainer import train
 
         if resume:
-            args = load_run_args(out)
-            for name in RESUMABLE:
-                if name in overrides:
-                    setattr(args, name, overrides[name])
-            try:
-                args.__post_init__()  # the overrides are checked like a new run's arguments
-            except ValueError as e:
-                raise UserError(str(e)) from None
+            args = _resumed(out, overrides, TrainingArguments, "train")
         else:
             chosen = base or _default_base()
             base_path = Path(chosen).expanduser()
@@ -230,8 +297,7 @@ def train_cmd(
         try:
             info = train(args, resume=resume, show_progress=not quiet)
         except KeyboardInterrupt:
-            raise UserError(f"interrupted; continue from the last checkpoint with: shenhe train --resume --out {out}",
-                            exit_code=130) from None
+            raise _interrupted("train", out) from None
         print(json.dumps({"run": str(out), "steps": info["state"]["global_step"],
                           "stop_reason": info["state"]["stop_reason"],
                           "train_samples_per_second": info["train_samples_per_second"],
@@ -250,7 +316,7 @@ def distill_cmd(
         "--layer-map", help="Which teacher layers: spread (every n/K-th, ending at the top layer: 1,3,...,11 for "
                             "K=6), bottom (the first K), or a list such as 0,4,8,11. "
                             f"{default_help(DistillArguments, 'layer_map')}")] = None,
-    data: Annotated[Path, typer.Option("--data", help="Folder with train.jsonl, dev.jsonl and (optional) test.jsonl.")] = BUILD_DIR,
+    data: Data = BUILD_DIR,
     unlabelled: Annotated[list[Path] | None, typer.Option(
         "--unlabelled", help="Texts without labels to learn the teacher's scores on (JSONL with \"text\", or one "
                              "text per line); repeatable. Texts in dev, test or holdout are dropped.")] = None,
@@ -270,83 +336,43 @@ def distill_cmd(
     teacher_cache: Annotated[Path | None, typer.Option(
         "--teacher-cache", help="Folder for the teacher's cached logits (default RUN/teacher); students of one "
                                 "teacher on one corpus can share it.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
-    epochs: Annotated[int | None, typer.Option("--epochs", help=f"Epochs. {default_help(DistillArguments, 'epochs')}")] = None,
-    lr: Annotated[float | None, typer.Option(
-        "--lr", help=f"Encoder learning rate. {default_help(DistillArguments, 'learning_rate')}")] = None,
-    head_lr: Annotated[float | None, typer.Option(
-        "--head-lr", help=f"Head learning rate (the head is the teacher's). "
-                          f"{default_help(DistillArguments, 'head_learning_rate')}")] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", help=default_help(DistillArguments, "batch_size"))] = None,
-    max_length: Annotated[int | None, typer.Option("--max-length", help="Tokens per window (default: the teacher's).")] = None,
-    stride: Annotated[int | None, typer.Option("--stride", help="Window overlap (default: the teacher's).")] = None,
-    warmup_ratio: Annotated[float | None, typer.Option(
-        "--warmup-ratio", help=default_help(DistillArguments, "warmup_ratio"))] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help=default_help(DistillArguments, "seed"))] = None,
-    freeze_embeddings: Annotated[bool | None, typer.Option(
-        "--freeze-embeddings/--train-embeddings", help="Default: frozen on CPU, trained on GPU.")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after N optimiser steps.")] = None,
-    time_budget: Annotated[float | None, typer.Option(
-        "--time-budget-minutes", help="Stop training after this many minutes (over all resumes), then evaluate.")] = None,
-    max_train_samples: Annotated[int | None, typer.Option(
-        "--max-train-samples", help="Deterministic subsample of train; rare-category positives are always kept.")] = None,
-    max_per_source: Annotated[int | None, typer.Option("--max-per-source", help="Cap train rows per source.")] = None,
-    eval_every: Annotated[int | None, typer.Option(
-        "--eval-every-steps", help="Dev evaluation every N steps (0: epochs only). "
-                                   f"{default_help(DistillArguments, 'eval_every_steps')}")] = None,
-    eval_samples: Annotated[int | None, typer.Option(
-        "--eval-samples", help=f"Dev subsample during training (0: all). {default_help(DistillArguments, 'eval_samples')}")] = None,
-    save_every: Annotated[int | None, typer.Option(
-        "--save-every-steps", help=f"Checkpoint every N steps. {default_help(DistillArguments, 'save_every_steps')}")] = None,
-    patience: Annotated[int | None, typer.Option(
-        "--patience", min=1, help="Early stopping on the student's dev macro-F1: evaluations without improvement. "
-                                  f"{default_help(DistillArguments, 'early_stopping_patience')}")] = None,
-    snapshot_every: Annotated[int | None, typer.Option(
-        "--snapshot-every-steps", min=1, help="Keep the trainable weights every N steps (for --average-last).")] = None,
-    average_last: Annotated[int | None, typer.Option(
-        "--average-last", min=0, help="Average the last K snapshots at the end when that scores at least as well. "
-                                      f"{default_help(DistillArguments, 'average_last')}")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: cores available).")] = None,
-    device: Annotated[str | None, typer.Option(
-        "--device", help="auto, cpu or cuda (the teacher always runs on onnxruntime, CPU). "
-                         f"{default_help(DistillArguments, 'device')}")] = None,
-    calibration: Annotated[str | None, typer.Option(
-        "--calibration", help=f"platt or isotonic. {default_help(DistillArguments, 'calibration')}")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    resume: Resume = False,
+    epochs: Epochs = None,
+    lr: Annotated[float | None, _lr_option(DistillArguments)] = None,
+    head_lr: Annotated[float | None, _head_lr_option(DistillArguments, " (the head is the teacher's)")] = None,
+    batch_size: BatchSize = None,
+    max_length: Annotated[int | None, _max_length_option(TEACHERS)] = None,
+    stride: Annotated[int | None, _stride_option(TEACHERS)] = None,
+    warmup_ratio: WarmupRatio = None,
+    seed: Seed = None,
+    freeze_embeddings: FreezeEmbeddings = None,
+    max_steps: MaxSteps = None,
+    time_budget_minutes: TimeBudget = None,
+    max_train_samples: MaxTrainSamples = None,
+    max_per_source: MaxPerSource = None,
+    eval_every_steps: EvalEvery = None,
+    eval_samples: EvalSamples = None,
+    save_every_steps: SaveEvery = None,
+    patience: Patience = None,
+    snapshot_every_steps: SnapshotEvery = None,
+    average_last: AverageLast = None,
+    threads: Threads = None,
+    device: Annotated[str | None, _device_option(DistillArguments, " (the teacher always runs on onnxruntime, CPU)")] = None,
+    calibration: Calibration = None,
+    quiet: Quiet = False,
 ) -> None:
     """Distil a teacher (bundle or run) into a student with K of its layers, trained on the teacher's cached window
     logits plus the gold labels; export it with `shenhe export --run`."""
 
+    overrides = _overrides(locals())
     _passive_openmp()
-    # Options map to DistillArguments fields; an option not given keeps the dataclass default.
-    overrides = given(
-        layers=layers, layer_map=layer_map, augment_copies=augment_copies, alpha=alpha, temperature=temperature,
-        epochs=epochs, learning_rate=lr, head_learning_rate=head_lr, batch_size=batch_size, max_length=max_length,
-        window_stride=stride, warmup_ratio=warmup_ratio, seed=seed, freeze_embeddings=freeze_embeddings,
-        max_steps=max_steps, time_budget_minutes=time_budget, max_train_samples=max_train_samples,
-        max_per_source=max_per_source, eval_every_steps=eval_every, eval_samples=eval_samples,
-        save_every_steps=save_every, early_stopping_patience=patience, snapshot_every_steps=snapshot_every,
-        average_last=average_last, threads=threads, device=device, calibration=calibration,
-    )
-    for name in ("eval_every_steps", "eval_samples"):  # 0 on the command line: off (None in the dataclass)
-        if overrides.get(name) == 0:
-            overrides[name] = None
 
     @cli_errors(*_expected_errors(), OSError)
     def run() -> None:
         from shenhe.training.finetune.distill import distill
-        from shenhe.training.finetune.trainer import load_run_args
 
         if resume:
-            args = load_run_args(out, DistillArguments, kind="distill")
-            for name in RESUMABLE:
-                if name in overrides:
-                    setattr(args, name, overrides[name])
-            try:
-                args.__post_init__()  # the overrides are checked like a new run's arguments
-            except ValueError as e:
-                raise UserError(str(e)) from None
+            args = _resumed(out, overrides, DistillArguments, "distill")
         else:
             from shenhe.training.finetune.teacher import resolve_teacher
 
@@ -370,8 +396,7 @@ def distill_cmd(
         try:
             info = distill(args, resume=resume, show_progress=not quiet)
         except KeyboardInterrupt:
-            raise UserError(f"interrupted; continue from the last checkpoint with: shenhe distill --resume --out {out}",
-                            exit_code=130) from None
+            raise _interrupted("distill", out) from None
         d = info["summary"]["distillation"]
         print(json.dumps({"run": str(out), "teacher": d["teacher"]["name"], "layers": d["kept_layers"],
                           "steps": info["state"]["global_step"], "stop_reason": info["state"]["stop_reason"],
@@ -437,14 +462,24 @@ def card_cmd(
     bundle: Annotated[Path, typer.Option("--bundle", help="Bundle directory whose MODEL_CARD.md to render again.")],
     check: Annotated[bool, typer.Option(
         "--check", help="Write nothing; exit 1 when the card on disk differs from a fresh rendering.")] = False,
+    evals: Annotated[list[Path] | None, typer.Option(
+        "--eval", help="A `shenhe eval` report's metrics.json measured on this bundle (repeatable): its per-source "
+                       "and perturbation numbers go into the bundle's evaluation.json and the card, replacing the "
+                       "reports attached before. A report of another model or policy is refused.")] = None,
 ) -> None:
-    """Render a bundle's MODEL_CARD.md again from its own files (bundle.json, policy.yaml, metrics.json) with
-    the current template, and record the card's new hash in bundle.json."""
+    """Render a bundle's MODEL_CARD.md again from its own files (bundle.json, policy.yaml, metrics.json,
+    evaluation.json) with the current template, and record the card's new hash in bundle.json."""
 
-    @cli_errors(BundleError, PolicyError, OSError)
+    @cli_errors(BundleError, PolicyError, CardError, OSError)
     def go() -> None:
+        from shenhe.training.finetune.evaluation import attach_evaluation
         from shenhe.training.finetune.model_card import write_bundle_card
 
+        if evals and check:
+            raise UserError("--check writes nothing and --eval attaches reports: give one of them")
+        if evals:
+            attached = attach_evaluation(bundle, evals)
+            print(f"{bundle / EVALUATION_FILE}: {len(attached['reports'])} report(s) attached", file=sys.stderr)
         differs = write_bundle_card(bundle, check=check)
         card = bundle / "MODEL_CARD.md"
         if check and differs:

@@ -9,3 +9,7 @@ class TrainError(RuntimeError):
 
 class ExportError(RuntimeError):
     """An export that cannot proceed or failed a parity check."""
+
+
+class CardError(ValueError):
+    """An evaluation report that cannot be attached to a bundle's card (another model, an unreadable file)."""

@@ -11,8 +11,9 @@
 4. ``_gate_blocks``: thresholds and calibration are never fit on ``holdout.jsonl``; export reads it for one
    yes/no per category: auto-block stays on only where the block precision holds in every held-apart source
    (thresholds.gate_blocks).
-5. ``_bundle_metrics``, ``_write_bundle``: metrics.json (parity, speed, the run's hyperparameters, framework
-   versions), policy, model card and hashes; the bundle is loaded back as the predictor will load it.
+5. ``_bundle_metrics``, ``_write_bundle``: metrics.json (parity, speed, the run's hyperparameters, how to rebuild
+   the bundle (training/finetune/rebuild.py), framework versions), policy, model card and hashes; the bundle is
+   loaded back as the predictor will load it.
 6. ``_publish``: the bundle, assembled in a temporary sibling directory (``_staging``), moves into place.
 """
 from __future__ import annotations
@@ -53,6 +54,7 @@ from shenhe.training.finetune.dataset import Split, read_split, read_splits
 from shenhe.training.finetune.errors import ExportError
 from shenhe.training.finetune.fit import Judged, gate_on_heldout, judge
 from shenhe.training.finetune.quality import quality_drops, quality_failures, worst_drop
+from shenhe.training.finetune.rebuild import REBUILD_KEY, export_record, rebuild_record
 from shenhe.training.finetune.sources import describe_sources
 from shenhe.training.finetune.thresholds import decisions, points_as_dicts
 
@@ -442,6 +444,8 @@ def _bundle_metrics(job: _Job, ref: _Reference, chosen: _Candidate, judged: Judg
         metrics["training"]["distillation"]["teacher_speed"] = _teacher_speed(
             metrics["training"]["distillation"], job.windower, job.dev.texts, job.threads)
     metrics["frameworks"] = framework_versions()
+    # How to make this bundle again (the commands of every stage known, oldest first) and how long it trained.
+    metrics[REBUILD_KEY] = rebuild_record(job.info, export_record(job.opts, job.name, job.version))
     if job.opts.baseline:
         metrics["baseline"] = _baseline_metrics(job.opts.baseline)
     return metrics

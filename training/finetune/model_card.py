@@ -2,8 +2,11 @@
 
 The card starts with Hugging Face style YAML front matter (language, licence, tags, datasets, metrics with
 their values, pipeline tag, base model), then the card proper. Everything in it comes from the bundle's own
-files (``bundle.json``, ``policy.yaml``, ``metrics.json``), so :func:`write_bundle_card` can render a
-bundle's card again at any time (``shenhe card``) and the result is the same every time.
+files (``bundle.json``, ``policy.yaml``, ``metrics.json`` and, when attached, ``evaluation.json``), so
+:func:`write_bundle_card` can render a bundle's card again at any time (``shenhe card``) and the result is
+the same every time. The per-source and perturbation tables come from evaluation.json
+(training/finetune/evaluation.py); the rebuild commands and the training time from metrics.json's record of
+the run (training/finetune/rebuild.py).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from shenhe.models.bundle import (
     write_manifest,
 )
 from shenhe.models.policy import Policy
+from shenhe.training.finetune.evaluation import perturbation_table, read_evaluation, source_table
+from shenhe.training.finetune.rebuild import REBUILD_KEY, describe_stages, describe_time, legacy_stages
 
 TEMPLATE = "MODEL_CARD.md.j2"
 # The licence of a model whose training data all allow commercial use: the project's own.
@@ -99,8 +104,13 @@ def front_matter(manifest: BundleManifest, metrics: dict[str, Any], sources: Seq
     return meta
 
 
+def _stages(manifest: BundleManifest, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    recorded = (metrics.get(REBUILD_KEY) or {}).get("stages")
+    return list(recorded) if recorded else legacy_stages(manifest.name, manifest.version, metrics)
+
+
 def render_model_card(manifest: BundleManifest, policy: Policy, metrics: dict[str, Any],
-                      sources: Sequence[DataSource]) -> str:
+                      sources: Sequence[DataSource], evaluation: dict[str, Any] | None = None) -> str:
     import jinja2
     import yaml
 
@@ -110,8 +120,14 @@ def render_model_card(manifest: BundleManifest, policy: Policy, metrics: dict[st
     env.filters["pct"] = _pct
     env.filters["worst_ap_drop"] = _worst_ap_drop
     env.filters["plain"] = _plain
+    env.filters["capitalize_first"] = lambda text: text[:1].upper() + text[1:]
     points = {p["slug"]: p for p in metrics.get("operating_points", [])}
     training = metrics.get("training", {})
+    stages = _stages(manifest, metrics)
+    # The training time is the latest trained stage's (a re-export trains nothing).
+    timed = next((s for s in reversed(stages) if s.get("time")), None)
+    reports = [{"report": r, "sources": source_table(r), "perturbations": perturbation_table(r)}
+               for r in (evaluation or {}).get("reports", [])]
     return env.from_string(text).render(
         m=manifest, policy=policy, metrics=metrics, sources=sources, points=points,
         synthetic=[s for s in sources if s.synthetic],
@@ -119,6 +135,9 @@ def render_model_card(manifest: BundleManifest, policy: Policy, metrics: dict[st
         baseline=metrics.get("baseline"),
         hyperparameters=training.get("hyperparameters") or {},
         frameworks=metrics.get("frameworks") or {},
+        reports=reports, block_gate=metrics.get("block_gate"), stages=describe_stages(stages),
+        training_time=describe_time(timed["time"]) if timed else None,
+        timed_stage=None if timed is None or timed is stages[-1] else timed.get("model"),
         front_matter=yaml.safe_dump(front_matter(manifest, metrics, sources), allow_unicode=True, sort_keys=False,
                                     width=1000),
     )
@@ -132,7 +151,8 @@ def render_bundle_card(bundle_dir: Path) -> str:
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{metrics_path}: unreadable ({e.__class__.__name__})") from None
-    return render_model_card(bundle.manifest, bundle.policy, metrics, list(bundle.manifest.data_sources))
+    return render_model_card(bundle.manifest, bundle.policy, metrics, list(bundle.manifest.data_sources),
+                             read_evaluation(bundle_dir, bundle.manifest))
 
 
 def write_bundle_card(bundle_dir: Path, check: bool = False) -> bool:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from shenhe.models.cores import default_threads
+from shenhe.models.cores import cpu_model, default_threads
 from shenhe.models.policy import CATEGORY_SLUGS, load_policy
 from shenhe.models.windowing import Window, WindowTokenizer, max_over_windows, pad_batch, score_windows
 from shenhe.training.finetune.args import TrainingArguments
@@ -253,6 +253,8 @@ class Trainer:
             "warm_start": self.warm_start,
             "text_prefix": self.text_prefix,
             "threads": threads if self.device.type == "cpu" else None,
+            # what the training time in run.json (state) was measured on; the model card reports both
+            "machine": {"cpu": cpu_model(), "cores": default_threads()},
             "freeze_embeddings": self.freeze_embeddings,
             "trainable_parameters": n_trainable,
             "parameters": n_total,
