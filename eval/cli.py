@@ -86,22 +86,29 @@ def print_summary(console: Console, m: dict[str, Any]) -> None:
 @cli_errors(EvalDataError, PolicyError, BundleError)
 def promote_cmd(
     candidate: Annotated[Path, typer.Argument(help="The bundle to promote (e.g. models/bundles/NAME).")],
-    data: Annotated[Path, typer.Option("--data", help="The fixed labelled evaluation set (JSONL, as for shenhe eval).")],
+    data: Annotated[list[Path], typer.Option("--data", help="A file of the fixed labelled evaluation set (JSONL, as for shenhe eval); repeat it: the candidate must be no worse on each file.")],
     target: Annotated[Path, typer.Option("--target", help="The serving bundle it would replace.")] = Path("models/default"),
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, max=1.0, help="Macro-F1 the candidate may lose (0: no worse).")] = 0.0,
     allow_category_regressions: Annotated[bool, typer.Option("--allow-category-regressions", help="Do not block on a category whose average precision is significantly worse.")] = False,
+    perturb: Annotated[str, typer.Option("--perturb", help=f"Comma-separated obfuscations ({_PERTURBATIONS}): also judge perturbed copies of the first --data file.")] = "",
+    perturb_sample: Annotated[int, typer.Option("--perturb-sample", min=1, help="Rows of the first --data file copied per obfuscation (seeded sample).")] = 3000,
+    forbid_block_precision_regressions: Annotated[bool, typer.Option("--forbid-block-precision-regressions", help="Refuse a candidate whose per-source block precision is significantly lower (default: reported only).")] = False,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=100, help="Paired bootstrap resamples for the significance tests.")] = 1000,
     record: Annotated[Path, typer.Option("--record", help="Append every verdict (promoted or not) to this JSONL audit file.")] = Path("var/promotions.jsonl"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Judge and record, but do not replace the target.")] = False,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="onnxruntime intra-op threads.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the bootstrap, the perturbation sample and the obfuscations.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Replace --target with CANDIDATE only if it is no worse on --data; exit 1 (target untouched) if it is worse."""
+    """Replace --target with CANDIDATE only if it is no worse on every --data file (and on the --perturb copies);
+    exit 1 (target untouched) if it is worse."""
     from shenhe.eval.promote import PromotionRule, promote
 
     rule = PromotionRule(macro_f1_tolerance=tolerance, forbid_category_regressions=not allow_category_regressions,
-                         n_bootstrap=bootstrap, seed=seed)
+                         n_bootstrap=bootstrap, seed=seed,
+                         forbid_block_precision_regressions=forbid_block_precision_regressions,
+                         perturb_kinds=tuple(k.strip() for k in perturb.split(",") if k.strip()),
+                         perturb_sample=perturb_sample)
     verdict = promote(candidate, target, data, rule=rule, record=record, dry_run=dry_run, threads=threads,
                       show_progress=not quiet)
     print_verdict(Console(stderr=True), verdict)
@@ -113,25 +120,61 @@ def promote_cmd(
     raise typer.Exit(1)
 
 
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4f}"
+
+
+def _diff_cell(v: dict[str, Any]) -> str:
+    ci = v.get("ci")
+    return f"{v['diff']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+
+
 def print_verdict(console: Console, verdict: Any) -> None:
-    """The gate's numbers as a table: candidate, current, difference with its 95% interval, per metric."""
-    t = Table(title=f"{verdict.candidate['name']} {verdict.candidate['version']} (candidate) vs "
-                    f"{verdict.current['name']} {verdict.current['version']} (current) on {verdict.data['n']} texts")
-    for col in ("metric", "candidate", "current", "difference (95% CI)", "better"):
-        t.add_column(col)
+    """The gate's numbers: per file a table of candidate, current, difference with its 95% interval and the
+    better one, per metric; then the perturbed copies (plain -> perturbed for both bundles)."""
+    names = (f"{verdict.candidate['name']} {verdict.candidate['version']} (candidate) vs "
+             f"{verdict.current['name']} {verdict.current['version']} (current)")
+    # a record written before per-file sets existed has one file at the top level
+    sets = verdict.sets or [{"data": verdict.data, "checks": verdict.checks, "promote": verdict.promote}]
+    applied = verdict.rule.get("forbid_block_precision_regressions", False)
+    for entry in sets:
+        where = f"{entry['data']['path']} ({entry['data']['n']} texts)" if len(sets) > 1 else f"{entry['data']['n']} texts"
+        t = Table(title=f"{names} on {where}" + ("" if len(sets) == 1 else
+                                                 (": no worse" if entry["promote"] else ": WORSE")))
+        for col in ("metric", "candidate", "current", "difference (95% CI)", "better"):
+            t.add_column(col)
 
-    def row(name: str, v: dict[str, Any] | None) -> None:
-        if not v or v.get("this") is None or v.get("other") is None:
-            return
-        ci = v.get("ci")
-        t.add_row(name, f"{v['this']:.4f}", f"{v['other']:.4f}",
-                  f"{v['diff']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""), str(v.get("better") or ""))
+        def row(name: str, v: dict[str, Any] | None, table: Table = t) -> None:
+            if not v or v.get("this") is None or v.get("other") is None:
+                return
+            table.add_row(name, f"{v['this']:.4f}", f"{v['other']:.4f}", _diff_cell(v), str(v.get("better") or ""))
 
-    row("macro-F1", verdict.checks["macro_f1"])
-    row("harmful passed", verdict.checks["passed_harmful"])
-    for slug, c in verdict.checks["per_category"].items():
-        row(f"{slug} AP", c["average_precision"])
-    console.print(t)
+        checks = entry["checks"]
+        row("macro-F1", checks["macro_f1"])
+        row("harmful passed", checks["passed_harmful"])
+        for slug, c in checks["per_category"].items():
+            row(f"{slug} AP", c["average_precision"])
+        cells = checks.get("block_precision") or []
+        for c in cells:
+            row(f"{c['category']} block precision, {c['source']} ({c['positives']} pos.)", c)
+        if cells and not applied:
+            t.caption = "block precision per source: reported, not applied (--forbid-block-precision-regressions)"
+        console.print(t)
+    p = verdict.perturbation
+    if p:
+        t = Table(title=f"{names} on perturbed copies of {p['n']} texts of {p['data']} ({p['harmful']} harmful)")
+        for col in ("copies", "check", "candidate plain → perturbed", "current plain → perturbed",
+                    "difference on copies (95% CI)", "better"):
+            t.add_column(col)
+        for kind, k in p["kinds"].items():
+            for key, label in (("flag_accuracy", "harmful-vs-not accuracy"), ("harmless_flagged", "harmless flagged")):
+                plain, v = k[key]["plain"], k[key]["perturbed"]
+                if v.get("this") is None or v.get("other") is None:
+                    continue
+                t.add_row(kind, label, f"{_num(plain['candidate'])} → {v['this']:.4f}",
+                          f"{_num(plain['current'])} → {v['other']:.4f}", _diff_cell(v), str(v.get("better") or ""))
+        t.caption = "flagged = review or block, each bundle with its own thresholds"
+        console.print(t)
 
 
 def register(app: typer.Typer) -> None:

@@ -55,6 +55,23 @@ def _verdict(diff: float | None, lo: float | None, hi: float | None, sign: int) 
     return "no significant difference"
 
 
+def paired_difference(this: float, other: float, boot_this: np.ndarray, boot_other: np.ndarray,
+                      sign: int) -> dict[str, Any]:
+    """One metric of two models: both point values, the difference (this - other), its 95% interval from
+    the paired resamples (``boot_*``: one value per resample, NaN where undefined) and the verdict
+    (``sign``: +1 higher is better, -1 lower is better, 0 no direction)."""
+    a, b = nan_to_none(this), nan_to_none(other)
+    d = boot_this - boot_other
+    d = d[~np.isnan(d)]
+    diff = None if a is None or b is None else a - b
+    lo = hi = None
+    if diff is not None and len(d) >= max(10, len(boot_this) // 2):  # too many undefined resamples: no interval
+        alpha = (1 - CONFIDENCE) / 2
+        lo, hi = (float(x) for x in np.quantile(d, [alpha, 1 - alpha]))
+    return {"this": a, "other": b, "diff": diff, "ci": None if lo is None else [lo, hi],
+            "better": _verdict(diff, lo, hi, sign)}
+
+
 def compare_runs(y_true: np.ndarray, this: Scored, other: Scored, *, n_boot: int = 1000, seed: int = 0,
                  slices: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Both models' numbers, the difference (this - other) and its paired-bootstrap 95% interval.
@@ -78,19 +95,8 @@ def compare_runs(y_true: np.ndarray, this: Scored, other: Scored, *, n_boot: int
     point_a, point_b = flat(this, ones_weights(n)), flat(other, ones_weights(n))
     W = bootstrap_weights(n, n_boot, seed)
     boot_a, boot_b = flat(this, W), flat(other, W)
-    alpha = (1 - CONFIDENCE) / 2
-    metrics: dict[str, Any] = {}
-    for key in point_a:
-        a, b = nan_to_none(point_a[key][0]), nan_to_none(point_b[key][0])
-        d = boot_a[key] - boot_b[key]
-        d = d[~np.isnan(d)]
-        diff = None if a is None or b is None else a - b
-        lo = hi = None
-        if diff is not None and len(d) >= max(10, n_boot // 2):  # too many undefined resamples: no interval
-            lo, hi = (float(x) for x in np.quantile(d, [alpha, 1 - alpha]))
-        sign = direction(key)
-        metrics[key] = {"this": a, "other": b, "diff": diff, "ci": None if lo is None else [lo, hi],
-                        "better": _verdict(diff, lo, hi, sign)}
+    metrics = {key: paired_difference(point_a[key][0], point_b[key][0], boot_a[key], boot_b[key], direction(key))
+               for key in point_a}
     verdicts = {slug: metrics[f"category.{slug}.{VERDICT_METRIC}"]["better"] for slug in CATEGORY_SLUGS}
     return {
         "this": {"name": this.name, "version": this.version, "policy_version": this.policy_version},

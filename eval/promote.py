@@ -1,7 +1,8 @@
 """`shenhe promote`: replace the serving bundle with a candidate only when it is no worse on a fixed set.
 
-Both bundles score the same labelled file (the team's fixed evaluation set, e.g. the corpus test split
-plus a frozen sample of reviewer-labelled items). The candidate is promoted when all of these hold:
+The fixed set is one or more labelled files (e.g. the corpus test split and the held-apart rows of
+``data/build/holdout.jsonl``, whose COLD part no threshold was fit on). Both bundles score every file,
+and each file is judged on its own; the candidate must pass on every file:
 
 1. its macro-F1 (eval's definition: calibrated score >= 0.5, categories with support in the file) is at
    least the current bundle's minus ``macro_f1_tolerance`` (default 0: no worse);
@@ -9,9 +10,25 @@ plus a frozen sample of reviewer-labelled items). The candidate is promoted when
    difference entirely below 0);
 3. the share of harmful texts it lets pass is not significantly higher (same test).
 
+With ``perturb_kinds``, a seeded sample of the first file's rows is also rewritten by each obfuscation
+(``eval/perturb.py``, the same copies for both bundles) and, per kind, the candidate must not have a
+significantly lower harmful-vs-not accuracy of its decisions (review or block = flagged: what serving
+does, with each bundle's own thresholds; not eval's score >= 0.5 accuracy) nor a significantly higher
+share of harmless texts flagged, than the current bundle on the same copies.
+
+Per source (files with ``source``): for each category the candidate may auto-block, block precision on
+every source with at least ``MIN_POSITIVES`` positives of it, candidate vs current, paired bootstrap.
+This is reported, not applied, unless ``forbid_block_precision_regressions`` is set, because as a gate it
+is too strict to be useful: test.jsonl + holdout.jsonl have about 20 such (category, source) cells, and each
+test calls an equally good candidate "significantly worse" 2.5% of the time, so about 40% of such candidates
+(1 - 0.975^20, were the cells independent) would be refused by chance; and a candidate whose new thresholds
+trade a little block precision for much more blocked harm, still above the policy's target, is not worse.
+
 The swap is atomic: the candidate is copied next to the target, the target is renamed to
 ``<target>.previous`` and the copy renamed into place; every verdict, promoted or not, is appended to
-a JSONL record so there is an audit trail of what served when and why.
+a JSONL record so there is an audit trail of what served when and why. The record keeps the one-file
+fields (``data``, ``checks``, ``macro_f1`` of the first file) and adds ``sets`` (one entry per file) and
+``perturbation``.
 """
 
 from __future__ import annotations
@@ -20,6 +37,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,10 +48,13 @@ import numpy as np
 from shenhe.models.bundle import load_bundle
 from shenhe.models.policy import CATEGORY_SLUGS
 
-from .compare import compare_runs
-from .data import read_eval_file
+from .compare import bootstrap_weights, compare_runs, paired_difference
+from .data import EvalSet, read_eval_file
 from .errors import EvalDataError
+from .metrics import PASS, nan_to_none, ones_weights
+from .perturb import PERTURBATIONS, perturb_texts
 from .scoring import Scored, load_predictor, score_texts
+from .sources import MIN_POSITIVES
 
 
 @dataclass(frozen=True)
@@ -43,6 +64,10 @@ class PromotionRule:
     forbid_more_harmful_passed: bool = True  # a significantly higher share of harmful texts passed blocks it
     n_bootstrap: int = 1000
     seed: int = 0
+    # Reported, not applied, by default: see the module docstring for why.
+    forbid_block_precision_regressions: bool = False
+    perturb_kinds: tuple[str, ...] = ()  # obfuscations judged on copies of the first file (none: no check)
+    perturb_sample: int = 3000  # rows of the first file copied per obfuscation (seeded sample)
 
 
 @dataclass
@@ -53,7 +78,9 @@ class Verdict:
     current: dict[str, Any]
     data: dict[str, Any]
     rule: dict[str, Any]
-    checks: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, Any] = field(default_factory=dict)  # the first file's, as in one-file records
+    sets: list[dict[str, Any]] = field(default_factory=list)  # per file: data, promote, reasons, checks
+    perturbation: dict[str, Any] | None = None  # per obfuscation kind, with perturb_kinds
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +124,89 @@ def judge(y_true: np.ndarray, candidate: Scored, current: Scored, rule: Promotio
     return not reasons, reasons, checks
 
 
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _source_names(sources: Sequence[str | None]) -> np.ndarray:
+    return np.array([s if s is not None else "(none)" for s in sources])
+
+
+def judge_block_precision(y_true: np.ndarray, sources: Sequence[str | None], candidate: Scored, current: Scored,
+                          rule: PromotionRule) -> tuple[list[str], list[dict[str, Any]]]:
+    """Per category the candidate may auto-block and per source with >= MIN_POSITIVES positives of it: block
+    precision (texts its block threshold blocks that carry the category) of both bundles, paired bootstrap
+    over the file's texts. Reasons only with ``rule.forbid_block_precision_regressions``."""
+    src = _source_names(sources)
+    W = bootstrap_weights(len(y_true), rule.n_bootstrap, rule.seed)
+    one = ones_weights(len(y_true))
+    reasons: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for j, slug in enumerate(CATEGORY_SLUGS):
+        if not candidate.thresholds.can_block[j]:
+            continue
+        truth = y_true[:, j]
+        blocked = [(run.scores[:, j] >= run.thresholds.block[j]) & bool(run.thresholds.can_block[j])
+                   for run in (candidate, current)]
+        for name in sorted(set(src.tolist())):
+            m = src == name
+            positives = int((truth & m).sum())
+            if positives < MIN_POSITIVES:
+                continue
+            hits = [b & m for b in blocked]
+            prec = [(_ratio(one @ (h & truth), one @ h)[0], _ratio(W @ (h & truth), W @ h)) for h in hits]
+            cell = paired_difference(prec[0][0], prec[1][0], prec[0][1], prec[1][1], 1)
+            rows.append({"category": slug, "source": name, "positives": positives,
+                         "blocked": {"candidate": int(hits[0].sum()), "current": int(hits[1].sum())}, **cell})
+            if rule.forbid_block_precision_regressions and cell["better"] == "other":
+                reasons.append(f"lower block precision for {slug} on source {name} "
+                               f"({cell['this']:.2%} vs {cell['other']:.2%})")
+    return reasons, rows
+
+
+def _flag_metrics(y_true: np.ndarray, decisions: np.ndarray, W: np.ndarray) -> dict[str, np.ndarray]:
+    """Harmful-vs-not accuracy of the decisions (review or block = flagged) and the harmless flag rate."""
+    harmful = y_true.any(axis=1)
+    flagged = decisions != PASS
+    return {"flag_accuracy": _ratio(W @ (flagged == harmful), W.sum(axis=1)),
+            "harmless_flagged": _ratio(W @ (flagged & ~harmful), W @ ~harmful)}
+
+
+def judge_perturbed(y_true: np.ndarray, candidate: Scored, current: Scored,
+                    perturbed: dict[str, tuple[np.ndarray, Scored, Scored]],
+                    rule: PromotionRule) -> tuple[list[str], dict[str, Any]]:
+    """``candidate``/``current``: both bundles on the plain sample; ``perturbed``: kind -> (changed mask,
+    candidate, current) on its copies. Per kind, the candidate must not have a significantly lower
+    accuracy nor a significantly higher harmless flag rate on the copies (paired bootstrap over texts)."""
+    n = len(y_true)
+    W, one = bootstrap_weights(n, rule.n_bootstrap, rule.seed), ones_weights(n)
+    plain = {label: _flag_metrics(y_true, run.decisions, one) for label, run in
+             (("candidate", candidate), ("current", current))}
+    reasons: list[str] = []
+    kinds: dict[str, Any] = {}
+    for kind, (changed, cand, cur) in perturbed.items():
+        point = [_flag_metrics(y_true, r.decisions, one) for r in (cand, cur)]
+        boot = [_flag_metrics(y_true, r.decisions, W) for r in (cand, cur)]
+        entry: dict[str, Any] = {"description": PERTURBATIONS[kind].description,
+                                 "changed_share": float(changed.mean())}
+        for key, sign in (("flag_accuracy", 1), ("harmless_flagged", -1)):
+            cmp = paired_difference(point[0][key][0], point[1][key][0], boot[0][key], boot[1][key], sign)
+            entry[key] = {
+                "plain": {label: nan_to_none(plain[label][key][0]) for label in plain},
+                "perturbed": cmp,
+            }
+        acc, fp = entry["flag_accuracy"]["perturbed"], entry["harmless_flagged"]["perturbed"]
+        if acc["better"] == "other":
+            reasons.append(f"{kind} copies: harmful-vs-not accuracy {acc['this']:.2%} < current {acc['other']:.2%}")
+        if fp["better"] == "other":
+            reasons.append(f"{kind} copies: flags more harmless texts ({fp['this']:.2%} vs {fp['other']:.2%})")
+        kinds[kind] = entry
+    harmful = y_true.any(axis=1)
+    return reasons, {"n": n, "harmful": int(harmful.sum()), "harmless": int((~harmful).sum()),
+                     "n_bootstrap": rule.n_bootstrap, "kinds": kinds}
+
+
 def swap_in(candidate: Path, target: Path) -> Path:
     """Atomically make ``target`` a copy of ``candidate``; the old target is kept as ``<target>.previous``."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -115,29 +225,78 @@ def swap_in(candidate: Path, target: Path) -> Path:
     return target
 
 
-def promote(candidate: Path, target: Path, data: Path, rule: PromotionRule | None = None,
-            record: Path | None = None, dry_run: bool = False, threads: int | None = None,
-            batch_size: int = 32, show_progress: bool = True) -> Verdict:
-    """Score both bundles on ``data``, judge, append the verdict to ``record``, swap unless ``dry_run``."""
-    rule = rule or PromotionRule()
+def _sample(n: int, size: int, seed: int) -> np.ndarray:
+    """The rows copied for the perturbation check (eval --perturb's seeded draw)."""
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed + 1).choice(n, size, replace=False))
+
+
+def _check_inputs(candidate: Path, target: Path, paths: list[Path], rule: PromotionRule) -> None:
     for label, path in (("candidate", candidate), ("current", target)):
         if not path.is_dir():
             raise EvalDataError(f"{label} bundle {path}: not a directory")
     if candidate.resolve() == target.resolve():
         raise EvalDataError(f"candidate and target are the same directory ({target})")
-    evalset = read_eval_file(data)
-    runs: dict[str, Scored] = {}
+    if not paths:
+        raise EvalDataError("no evaluation data: give --data at least once")
+    seen: set[Path] = set()
+    for path in paths:
+        if path.resolve() in seen:
+            raise EvalDataError(f"--data {path} given twice")
+        seen.add(path.resolve())
+    unknown = [k for k in rule.perturb_kinds if k not in PERTURBATIONS]
+    if unknown:
+        raise EvalDataError(f"unknown perturbation {unknown[0]!r}; expected one of {', '.join(PERTURBATIONS)}")
+    if rule.perturb_kinds and rule.perturb_sample < 1:
+        raise EvalDataError(f"--perturb-sample must be at least 1, got {rule.perturb_sample}")
+
+
+def promote(candidate: Path, target: Path, data: Path | Sequence[Path], rule: PromotionRule | None = None,
+            record: Path | None = None, dry_run: bool = False, threads: int | None = None,
+            batch_size: int = 32, show_progress: bool = True) -> Verdict:
+    """Score both bundles on every file of ``data`` (and the perturbed copies), judge each, append the
+    verdict to ``record``, swap unless ``dry_run``."""
+    rule = rule or PromotionRule()
+    paths = [Path(data)] if isinstance(data, str | Path) else [Path(p) for p in data]
+    _check_inputs(candidate, target, paths, rule)
+    evalsets = [read_eval_file(p) for p in paths]  # bad data fails before any model loads
+    first = evalsets[0]
+    idx = _sample(first.n, rule.perturb_sample, rule.seed)
+    copies = {kind: perturb_texts([first.texts[i] for i in idx], kind, seed=rule.seed) for kind in rule.perturb_kinds}
+
+    runs: dict[str, list[Scored]] = {}
+    perturbed_runs: dict[str, dict[str, Scored]] = {}
     for label, path in (("candidate", candidate), ("current", target)):
         predictor = load_predictor(path, None, threads)
-        runs[label] = score_texts(predictor, evalset.texts, description=f"{label}: {evalset.n} texts",
-                                  batch_size=batch_size, show_progress=show_progress)
-    ok, reasons, checks = judge(evalset.y_true, runs["candidate"], runs["current"], rule)
+        runs[label] = [score_texts(predictor, es.texts, description=f"{label}: {es.path.name} ({es.n} texts)",
+                                   batch_size=batch_size, show_progress=show_progress) for es in evalsets]
+        perturbed_runs[label] = {
+            kind: score_texts(predictor, texts, description=f"{label}: {kind} copies ({len(texts)} texts)",
+                              batch_size=batch_size, show_progress=show_progress)
+            for kind, texts in copies.items()}
+
+    sets = [_judge_set(es, cand, cur, rule, prefix=len(evalsets) > 1)
+            for es, cand, cur in zip(evalsets, runs["candidate"], runs["current"], strict=True)]
+    reasons = [r for entry in sets for r in entry["reasons"]]
+    perturbation: dict[str, Any] | None = None
+    if copies:
+        plain = first.subset(idx)
+        changed = {kind: np.array([a != b for a, b in zip(texts, plain.texts, strict=True)])
+                   for kind, texts in copies.items()}
+        p_reasons, perturbation = judge_perturbed(
+            plain.y_true, runs["candidate"][0].subset(idx), runs["current"][0].subset(idx),
+            {kind: (changed[kind], perturbed_runs["candidate"][kind], perturbed_runs["current"][kind])
+             for kind in copies}, rule)
+        perturbation = {"data": str(first.path), "population": first.n, "seed": rule.seed, **perturbation}
+        reasons += p_reasons
+    ok = not reasons
+    head = sets[0]
     verdict = Verdict(
         promote=ok, reasons=reasons,
-        candidate=_model_summary(runs["candidate"], checks["macro_f1"]["this"], candidate),
-        current=_model_summary(runs["current"], checks["macro_f1"]["other"], target),
-        data={"path": str(data), "n": evalset.n, "sha256": evalset.sha256},
-        rule=asdict(rule), checks=checks,
+        candidate=_model_summary(runs["candidate"][0], head["checks"]["macro_f1"]["this"], candidate),
+        current=_model_summary(runs["current"][0], head["checks"]["macro_f1"]["other"], target),
+        data=head["data"], rule=asdict(rule), checks=head["checks"], sets=sets, perturbation=perturbation,
     )
     if ok and not dry_run:
         swap_in(candidate, target)
@@ -148,3 +307,17 @@ def promote(candidate: Path, target: Path, data: Path, rule: PromotionRule | Non
         with record.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
     return verdict
+
+
+def _judge_set(evalset: EvalSet, candidate: Scored, current: Scored, rule: PromotionRule,
+               prefix: bool) -> dict[str, Any]:
+    """One file's verdict; with ``prefix`` (several files) each reason starts with the file's path."""
+    ok, reasons, checks = judge(evalset.y_true, candidate, current, rule)
+    if evalset.has_sources:
+        bp_reasons, checks["block_precision"] = judge_block_precision(
+            evalset.y_true, evalset.sources, candidate, current, rule)
+        reasons += bp_reasons
+    if prefix:
+        reasons = [f"{evalset.path}: {r}" for r in reasons]
+    return {"data": {"path": str(evalset.path), "n": evalset.n, "sha256": evalset.sha256},
+            "promote": not reasons, "reasons": reasons, "checks": checks}
