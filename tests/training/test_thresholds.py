@@ -170,3 +170,23 @@ def test_isotonic_calibration_is_monotone() -> None:
     assert c.method == "isotonic"
     grid = np.linspace(-6, 6, 50)
     assert np.all(np.diff(c.apply(grid)) >= 0)
+
+
+def test_held_apart_gate_needs_evidence_to_keep_blocking() -> None:
+    # rumor blocks on the fit rows, but the held-apart rows have no rumour source with enough positives
+    # (nor enough blocks to judge): nothing shows its precision holds on new data, so it is review only.
+    policy = load_policy()
+    rng = np.random.default_rng(4)
+    r = CATEGORY_SLUGS.index("rumor")
+    probs, labels = np.zeros((400, 9)), np.zeros((400, 9))
+    probs[:, r] = np.r_[rng.uniform(0.7, 1.0, 100), rng.uniform(0.0, 0.4, 300)]
+    labels[:100, r] = 1
+    points = choose_operating_points(probs, labels, np.ones(9, dtype=bool), policy)
+    assert next(p for p in points if p.slug == "rumor").auto_block
+    h_probs, h_labels = np.zeros((60, 9)), np.zeros((60, 9))
+    h_probs[:5, r], h_labels[:5, r] = 0.95, 1  # 5 positives, 5 blocks: too few to judge
+    gated, report = gate_blocks(points, h_probs, h_labels, ["x"] * 60, policy.targets)
+    rumor = next(p for p in gated if p.slug == "rumor")
+    assert not rumor.auto_block and "no held-apart source" in rumor.note
+    assert report["rumor"] == {"sources": {}, "auto_block": False}
+    assert apply_operating_points(policy, gated).category("rumor").can_block is False

@@ -184,7 +184,8 @@ def choose_operating_points(probs: np.ndarray, labels: np.ndarray, trained: np.n
 def gate_blocks(points: list[OperatingPoint], probs: np.ndarray, labels: np.ndarray, sources: Sequence[str],
                 targets: Targets) -> tuple[list[OperatingPoint], dict[str, Any]]:
     """A category keeps auto-block only if, on held-apart rows, its block threshold keeps the block precision
-    in every source with >= ``targets.min_source_positives`` positives there. Returns the points (review-only
+    in every source with >= ``targets.min_source_positives`` positives there, and at least one source has
+    that many (no evidence: review only). Returns the points (review-only
     where it fails) and what was measured, per category and source."""
     src = np.asarray(sources)
     report: dict[str, Any] = {}
@@ -197,8 +198,15 @@ def gate_blocks(points: list[OperatingPoint], probs: np.ndarray, labels: np.ndar
         rows = {s: {"precision": round(float(k.precision[0]), 4), "blocked": int(k.flagged[0]),
                     "positives": k.positives} for s, k in checks.items() if k.checked(0, targets.min_source_positives)}
         failed = sorted(s for s, k in checks.items() if k.fails[0])
-        report[p.slug] = {"sources": rows, "auto_block": not failed}
-        if failed:
+        # No source with enough positives: nothing shows the block precision holds on new data, so the
+        # category does not auto-block (principle 6: a wrong block is the most expensive error).
+        unproven = not rows
+        report[p.slug] = {"sources": rows, "auto_block": not failed and not unproven}
+        if unproven:
+            note = (f"no held-apart source with >= {targets.min_source_positives} positives to check its block "
+                    "precision: review only, never auto-blocks")
+            out.append(replace(p, auto_block=False, note="; ".join(filter(None, [p.note, note]))))
+        elif failed:
             worst = min(failed, key=lambda s: rows[s]["precision"])
             note = (f"held-apart block precision {rows[worst]['precision']:.3f} < {targets.block_precision:.2f} "
                     f"on {worst}: review only, never auto-blocks")
