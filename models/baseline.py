@@ -53,8 +53,8 @@ class BaselineScorer:
         return out
 
 
-def load_baseline(run_dir: str | Path) -> BaselineScorer:
-    run = Path(run_dir)
+def read_tfidf_model(run: Path) -> dict[str, Any]:
+    """A finished TF-IDF run's joblib model (``vectorizer``, ``classifier``, ``trained``), after checking the run."""
     info_path, model_path = run / "run.json", run / MODEL_FILE
     if not info_path.is_file() or not model_path.is_file():
         raise BaselineError(f"{run}: not a TF-IDF run (needs run.json and {MODEL_FILE}; see shenhe train --arch tfidf)")
@@ -63,7 +63,13 @@ def load_baseline(run_dir: str | Path) -> BaselineScorer:
         raise BaselineError(f"{run}: a {info.get('arch')!r} run, not a TF-IDF baseline")
     import joblib  # comes with scikit-learn
 
-    model = joblib.load(model_path)
+    model: dict[str, Any] = joblib.load(model_path)
+    return model
+
+
+def load_baseline(run_dir: str | Path) -> BaselineScorer:
+    run = Path(run_dir)
+    model = read_tfidf_model(run)
     cal_path = run / "calibration.json"
     calibration = {}
     if cal_path.is_file():

@@ -9,31 +9,23 @@ from the run's: the ensemble's blend and calibration are fit on the component's 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from shenhe.models.baseline import BaselineError, read_tfidf_model
 from shenhe.models.ngram import NgramModel
 from shenhe.models.policy import CATEGORY_SLUGS
 from shenhe.training.finetune.errors import ExportError
 
-MODEL_FILE = "model.joblib"  # training/finetune/tfidf.py
-
 
 def read_tfidf_run(run: Path) -> dict[str, Any]:
     """The run's joblib model (``vectorizer``, ``classifier``, ``trained``) after checking it is a finished TF-IDF run."""
-    info_path, model_path = run / "run.json", run / MODEL_FILE
-    if not info_path.is_file() or not model_path.is_file():
-        raise ExportError(f"{run}: not a TF-IDF run (needs run.json and {MODEL_FILE}; see shenhe train --arch tfidf)")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    if info.get("arch") != "tfidf":
-        raise ExportError(f"{run}: a {info.get('arch')!r} run, not a TF-IDF baseline")
-    import joblib  # comes with scikit-learn
-
-    model: dict[str, Any] = joblib.load(model_path)
-    return model
+    try:
+        return read_tfidf_model(run)
+    except BaselineError as e:
+        raise ExportError(str(e)) from None
 
 
 def _linear_weights(classifier: Any, n_features: int, n_categories: int) -> tuple[np.ndarray, np.ndarray]:
