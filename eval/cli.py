@@ -90,6 +90,7 @@ def promote_cmd(
     target: Annotated[Path, typer.Option("--target", help="The serving bundle it would replace.")] = Path("models/default"),
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, max=1.0, help="Macro-F1 the candidate may lose (0: no worse).")] = 0.0,
     allow_category_regressions: Annotated[bool, typer.Option("--allow-category-regressions", help="Do not block on a category whose average precision is significantly worse.")] = False,
+    allow_more_harmful_passed: Annotated[bool, typer.Option("--allow-more-harmful-passed", help="Do not block on a significantly higher share of harmful texts passed (even at the current bundle's harmless flag rate).")] = False,
     perturb: Annotated[str, typer.Option("--perturb", help=f"Comma-separated obfuscations ({_PERTURBATIONS}): also judge perturbed copies of the first --data file.")] = "",
     perturb_sample: Annotated[int, typer.Option("--perturb-sample", min=1, help="Rows of the first --data file copied per obfuscation (seeded sample).")] = 3000,
     forbid_block_precision_regressions: Annotated[bool, typer.Option("--forbid-block-precision-regressions", help="Refuse a candidate whose per-source block precision is significantly lower (default: reported only).")] = False,
@@ -105,7 +106,7 @@ def promote_cmd(
     from shenhe.eval.promote import PromotionRule, promote
 
     rule = PromotionRule(macro_f1_tolerance=tolerance, forbid_category_regressions=not allow_category_regressions,
-                         n_bootstrap=bootstrap, seed=seed,
+                         forbid_more_harmful_passed=not allow_more_harmful_passed, n_bootstrap=bootstrap, seed=seed,
                          forbid_block_precision_regressions=forbid_block_precision_regressions,
                          perturb_kinds=tuple(k.strip() for k in perturb.split(",") if k.strip()),
                          perturb_sample=perturb_sample)
@@ -152,6 +153,7 @@ def print_verdict(console: Console, verdict: Any) -> None:
         checks = entry["checks"]
         row("macro-F1", checks["macro_f1"])
         row("harmful passed", checks["passed_harmful"])
+        row("harmful passed at current's harmless flag rate", checks.get("passed_harmful_matched"))
         for slug, c in checks["per_category"].items():
             row(f"{slug} AP", c["average_precision"])
         cells = checks.get("block_precision") or []

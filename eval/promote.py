@@ -8,7 +8,12 @@ and each file is judged on its own; the candidate must pass on every file:
    least the current bundle's minus ``macro_f1_tolerance`` (default 0: no worse);
 2. no category's average precision is significantly worse (paired bootstrap, 95% interval of the
    difference entirely below 0);
-3. the share of harmful texts it lets pass is not significantly higher (same test).
+3. the share of harmful texts it lets pass is not significantly higher (same test) *at the current
+   bundle's operating point*: when the candidate passes more harmful texts but also flags fewer harmless
+   ones (a stricter review-load cap in its policy, say), its thresholds are scaled together until it flags
+   the same share of harmless texts as the current bundle, and it is refused only if it still lets
+   significantly more harmful texts pass there. Otherwise the difference is the operating point, which is
+   policy (reported under ``passed_harmful_matched``), not a worse model.
 
 With ``perturb_kinds``, a seeded sample of the first file's rows is also rewritten by each obfuscation
 (``eval/perturb.py``, the same copies for both bundles) and, per kind, the candidate must not have a
@@ -108,11 +113,16 @@ def judge(y_true: np.ndarray, candidate: Scored, current: Scored, rule: Promotio
     if rule.forbid_category_regressions and worse:
         reasons.append("significantly lower average precision on " + ", ".join(worse))
     passed = m.get("decisions.passed_harmful")
-    if rule.forbid_more_harmful_passed and passed and passed["better"] == "other":
-        reasons.append(f"lets more harmful texts pass ({passed['this']:.2%} vs {passed['other']:.2%})")
+    matched = None
+    if passed and passed["better"] == "other":
+        matched = passed_harmful_matched(y_true, candidate, current, rule)
+    if rule.forbid_more_harmful_passed and matched is not None and matched["better"] == "other":
+        reasons.append(f"lets more harmful texts pass ({passed['this']:.2%} vs {passed['other']:.2%}; "
+                       f"{matched['this']:.2%} vs {matched['other']:.2%} at the current bundle's harmless flag rate)")
     checks = {
         "macro_f1": macro,
         "passed_harmful": passed,
+        "passed_harmful_matched": matched,
         "per_category": {
             slug: {"average_precision": m[f"category.{slug}.average_precision"],
                    "f1": m[f"category.{slug}.f1"], "verdict": cmp["per_category_verdict"][slug]}
@@ -122,6 +132,45 @@ def judge(y_true: np.ndarray, candidate: Scored, current: Scored, rule: Promotio
         "confidence": cmp["confidence"],
     }
     return not reasons, reasons, checks
+
+
+def flag_margin(run: Scored) -> np.ndarray:
+    """Per text, its highest score over the threshold that would flag it (review, or block where the
+    category may block): >= 1 means the scores flag it. A text flagged by a word-list match is +inf (it
+    stays flagged whatever the thresholds)."""
+    th = run.thresholds
+    flag_at = np.where(th.reviewable, th.review, np.inf)
+    flag_at = np.where(th.can_block, np.minimum(flag_at, th.block), flag_at)
+    usable = np.isfinite(flag_at) & (flag_at > 0)
+    margin = np.zeros(len(run.scores))
+    if usable.any():
+        margin = (run.scores[:, usable] / flag_at[usable]).max(axis=1)
+    return np.where(run.term_review, np.inf, margin)
+
+
+def passed_harmful_matched(y_true: np.ndarray, candidate: Scored, current: Scored,
+                           rule: PromotionRule) -> dict[str, Any]:
+    """The share of passed texts that are harmful, the candidate's with all its flag thresholds scaled by
+    one factor so that it flags the same share of harmless texts as the current bundle does with its own,
+    against the current bundle's; paired bootstrap with the factor fixed (``scale``: the factor)."""
+    harmful = y_true.any(axis=1)
+    current_rate = float((current.decisions[~harmful] != PASS).mean()) if (~harmful).any() else 0.0
+    margin = flag_margin(candidate)
+    harmless_margin = np.sort(margin[~harmful])
+    # the smallest scale that flags at most current_rate of the harmless texts (inf: only word-list matches)
+    n, k = len(harmless_margin), int(np.floor(current_rate * len(harmless_margin)))
+    if n == 0:
+        scale = 1.0
+    elif k >= n:
+        scale = float(harmless_margin[0])
+    else:
+        scale = float(np.nextafter(harmless_margin[-k - 1], np.inf))
+    passed = [margin < scale, current.decisions == PASS]
+    W = bootstrap_weights(len(y_true), rule.n_bootstrap, rule.seed)
+    one = ones_weights(len(y_true))
+    values = [(_ratio(one @ (p & harmful), one @ p)[0], _ratio(W @ (p & harmful), W @ p)) for p in passed]
+    cell = paired_difference(values[0][0], values[1][0], values[0][1], values[1][1], -1)
+    return {**cell, "scale": scale if np.isfinite(scale) else None, "harmless_flagged": current_rate}
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -124,6 +124,8 @@ def retrain_cmd(
         "--tolerance", min=0.0, max=1.0, help="Macro-F1 the candidate may lose at the gate (0: no worse).")] = 0.0,
     allow_category_regressions: Annotated[bool, typer.Option(
         "--allow-category-regressions", help="Do not block on a significantly worse category.")] = False,
+    allow_more_harmful_passed: Annotated[bool, typer.Option(
+        "--allow-more-harmful-passed", help="Do not block on significantly more harmful texts passed.")] = False,
     bootstrap: Annotated[int, typer.Option("--bootstrap", min=100, help="Bootstrap resamples at the gate.")] = 1000,
     record: Annotated[Path, typer.Option("--record", help="Append the gate's verdict to this JSONL audit file.")] = Path(
         "var/promotions.jsonl"),
@@ -275,6 +277,7 @@ def _retrain(o: dict[str, Any]) -> int:
 
     rule = PromotionRule(macro_f1_tolerance=o["tolerance"],
                          forbid_category_regressions=not o["allow_category_regressions"],
+                         forbid_more_harmful_passed=not o["allow_more_harmful_passed"],
                          n_bootstrap=o["bootstrap"], seed=o["seed"])
     verdict = promote(candidate, target, gate, rule=rule, record=o["record"], dry_run=o["dry_run"],
                       threads=o["threads"], show_progress=not o["quiet"])

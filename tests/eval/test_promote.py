@@ -57,6 +57,27 @@ def test_tolerance_and_category_switch_relax_the_gate(synthetic: tuple, scored) 
     assert not ok and reasons[0].startswith("lets more harmful texts pass")
 
 
+def test_more_harmful_passed_only_by_a_stricter_operating_point_is_not_a_worse_model(synthetic: tuple,
+                                                                                      scored) -> None:
+    """Halving every score is the same model at stricter thresholds: it passes more harmful texts and flags
+    fewer harmless ones. Scaled back to the current bundle's harmless flag rate it passes exactly the same
+    texts, so the gate does not refuse it for the harmful texts it passes (macro-F1 at 0.5 drops: tolerated)."""
+    y, good, noisy = synthetic
+    rule = PromotionRule(macro_f1_tolerance=1.0, n_bootstrap=200)
+    ok, reasons, checks = judge(y, scored(good * 0.5, "stricter"), scored(good, "cur"), rule)
+    assert checks["passed_harmful"]["better"] == "other"  # at its own thresholds it lets more harm pass
+    matched = checks["passed_harmful_matched"]
+    assert matched["diff"] == pytest.approx(0.0) and matched["better"] != "other"
+    assert matched["scale"] == pytest.approx(0.5, abs=0.1)
+    assert ok and reasons == []
+    # a model that ranks worse still passes more harm at the matched rate, and is refused for it
+    ok, reasons, checks = judge(y, scored(noisy, "cand"), scored(good, "cur"),
+                                PromotionRule(macro_f1_tolerance=1.0, forbid_category_regressions=False,
+                                              n_bootstrap=200))
+    assert not ok and checks["passed_harmful_matched"]["better"] == "other"
+    assert "at the current bundle's harmless flag rate" in reasons[0]
+
+
 def test_a_set_without_positives_cannot_judge(synthetic: tuple, scored) -> None:
     _, good, _ = synthetic
     from shenhe.eval.errors import EvalDataError
