@@ -10,7 +10,7 @@ import contextlib
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from shenhe.models.policy import CATEGORY_SLUGS
-from shenhe.models.windowing import WindowTokenizer, max_over_windows, score_windows
+from shenhe.models.windowing import Window, WindowTokenizer, max_over_windows, pad_batch, score_windows
 from shenhe.training.finetune.model import MultiLabelClassifier
 
 OPSET = 17
@@ -51,9 +51,13 @@ def export_onnx(model: MultiLabelClassifier, path: Path, pad_token_id: int, opse
 # - "dynamic": int8 per-channel weights with int8 activations quantised per tensor at run time
 #   (MatMulInteger); gains from batching. Every encoder Linear is SmoothQuant-scaled first
 #   (training/finetune/smooth.py), which per-tensor activation ranges need to keep quality.
+# - "dynamic-ffn3", "dynamic-ffn6": as "dynamic", except the FFN-out MatMuls of the 3 (6) layers whose
+#   per-tensor activation quantisation errs most (:func:`ffn_out_sensitivity`, measured on dev windows)
+#   stay weight-only int8 (MatMulNBits). A weight-only MatMul costs ~4x a dynamic one per FLOP here, so each
+#   such layer costs a few percent of speed; the GELU outliers that hurt "dynamic" sit in a few layers.
 # - "dynamic-mixed": the same for the attention and first FFN MatMuls; the second FFN MatMul (its input is
 #   the GELU output, whose outlier channels per-tensor ranges handle worst) weight-only int8 with per-block
-#   int8 activations (MatMulNBits).
+#   int8 activations (MatMulNBits) in every layer.
 # - "weight-only": every MatMul int8 in blocks of 32 (MatMulNBits) with int8 ("int8 compute") or fp32
 #   activations; about fp32 ONNX speed and no gain from batching.
 # - "fp32": the unquantised graph.
@@ -62,6 +66,10 @@ def export_onnx(model: MultiLabelClassifier, path: Path, pad_token_id: int, opse
 # texts/s at batch 32 on short texts), so they are not applied.
 QUANT_SCHEMES: dict[str, str] = {
     "dynamic": "int8 dynamic (SmoothQuant-scaled; per-channel weights, per-tensor activations at run time)",
+    "dynamic-ffn3": "int8 dynamic (SmoothQuant-scaled), except FFN-out in the 3 most quantisation-sensitive layers: "
+                    "int8 weight-only (MatMulNBits, blocks of 32)",
+    "dynamic-ffn6": "int8 dynamic (SmoothQuant-scaled), except FFN-out in the 6 most quantisation-sensitive layers: "
+                    "int8 weight-only (MatMulNBits, blocks of 32)",
     "dynamic-mixed": "int8 dynamic for attention and FFN-in (Q/K/V and FFN-in SmoothQuant-scaled), int8 "
                      "weight-only (MatMulNBits, blocks of 32) for FFN-out",
     "weight-only": "int8 weight-only, blocks of 32 (MatMulNBits, int8 compute)",
@@ -81,10 +89,13 @@ class Smoothing:
 # dynamic-mixed as shipped in 2026.12.01.1: Q/K/V and FFN-in scaled; ".output.dense" leaves both output
 # projections (attention-out and FFN-out) unscaled. None: not smoothed.
 SMOOTHING: dict[str, Smoothing | None] = {
-    "dynamic": Smoothing(alpha_ffn_out=0.7), "dynamic-mixed": Smoothing(skip=(".output.dense",)),
+    "dynamic": Smoothing(alpha_ffn_out=0.7), "dynamic-ffn3": Smoothing(alpha_ffn_out=0.7),
+    "dynamic-ffn6": Smoothing(alpha_ffn_out=0.7), "dynamic-mixed": Smoothing(skip=(".output.dense",)),
     "weight-only": None, "weight-only-fp32": None, "fp32": None,
 }
 WEIGHT_ONLY_BLOCK = 32
+# Partial schemes: how many FFN-out MatMuls (the most sensitive first) stay weight-only.
+WEIGHT_ONLY_FFN_OUT: dict[str, int] = {"dynamic-ffn3": 3, "dynamic-ffn6": 6}
 
 
 def ffn_out_matmuls(model_path: Path) -> list[str]:
@@ -94,6 +105,53 @@ def ffn_out_matmuls(model_path: Path) -> list[str]:
     graph = onnx.load(str(model_path)).graph
     return [n.name for n in graph.node if n.op_type == "MatMul" and "/output/dense/" in n.name
             and "/attention/" not in n.name]
+
+
+def _dynamic_quantization_error(x: np.ndarray) -> np.ndarray:
+    """``x`` after onnxruntime's run-time activation quantisation (DynamicQuantizeLinear: uint8, one scale
+    and zero point for the whole tensor, the range always containing 0), dequantised."""
+    lo, hi = min(0.0, float(x.min())), max(0.0, float(x.max()))
+    scale = (hi - lo) / 255 or 1.0
+    zero = float(np.clip(np.round(-lo / scale), 0, 255))
+    return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+def ffn_out_sensitivity(model_path: Path, windows: Sequence[Window], pad_token_id: int,
+                        batch_size: int = 32) -> list[tuple[str, float]]:
+    """FFN-out MatMuls ranked by how much dynamic INT8 disturbs them, worst first, with the relative squared
+    error ``sum|x~ W~ - x W|^2 / sum|x W|^2`` of each one's output over ``windows`` (its real inputs ``x`` from
+    the fp32 model, ``x~`` quantised per tensor as at run time, ``W~`` per output channel as
+    ``quantize_dynamic`` does). Batches are padded as the predictor pads them: the padding is in the range too."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    names = ffn_out_matmuls(model_path)
+    model = onnx.load(str(model_path))
+    nodes = {n.name: n for n in model.graph.node}
+    weights = {i.name: i for i in model.graph.initializer}
+    inputs = [nodes[n].input[0] for n in names]
+    exact = [numpy_helper.to_array(weights[nodes[n].input[1]]).astype(np.float64) for n in names]
+    steps = [np.abs(w).max(axis=0, keepdims=True) / 127 for w in exact]  # per output channel, symmetric
+    steps = [np.where(st > 0, st, 1.0) for st in steps]
+    quantized = [np.round(w / st) * st for w, st in zip(exact, steps, strict=True)]
+    for x in inputs:
+        model.graph.output.append(onnx.helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 0
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    err = np.zeros(len(names))
+    total = np.zeros(len(names))
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i].ids))
+    for k in range(0, len(order), batch_size):
+        ids, mask = pad_batch([windows[i] for i in order[k:k + batch_size]], pad_token_id)
+        for j, x in enumerate(session.run(inputs, {"input_ids": ids, "attention_mask": mask})):
+            flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+            y = flat @ exact[j]
+            err[j] += float(((_dynamic_quantization_error(flat) @ quantized[j] - y) ** 2).sum())
+            total[j] += float((y ** 2).sum())
+    ranked = sorted(zip(names, (err / np.maximum(total, 1e-30)).tolist(), strict=True), key=lambda t: -t[1])
+    return [(n, float(e)) for n, e in ranked]
 
 
 def _quiet_root(level: int) -> int:
@@ -120,14 +178,19 @@ def _scratch_cwd() -> Iterator[None]:
             os.chdir(old)
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path, scheme: str = "dynamic") -> None:
-    """Quantise an fp32 ONNX model with one of :data:`QUANT_SCHEMES`."""
+def quantize_int8(fp32_path: Path, int8_path: Path, scheme: str = "dynamic",
+                  ffn_out_ranking: Sequence[str] | None = None) -> None:
+    """Quantise an fp32 ONNX model with one of :data:`QUANT_SCHEMES`. The partial schemes
+    (:data:`WEIGHT_ONLY_FFN_OUT`) need ``ffn_out_ranking``: FFN-out MatMul names, most sensitive first
+    (:func:`ffn_out_sensitivity`)."""
     fp32_path, int8_path = Path(fp32_path).resolve(), Path(int8_path).resolve()
+    if scheme in WEIGHT_ONLY_FFN_OUT and ffn_out_ranking is None:
+        raise ValueError(f"scheme {scheme!r} needs the FFN-out sensitivity ranking (ffn_out_sensitivity)")
     with _scratch_cwd():
-        _quantize_int8(fp32_path, int8_path, scheme)
+        _quantize_int8(fp32_path, int8_path, scheme, ffn_out_ranking)
 
 
-def _quantize_int8(fp32_path: Path, int8_path: Path, scheme: str) -> None:
+def _quantize_int8(fp32_path: Path, int8_path: Path, scheme: str, ffn_out_ranking: Sequence[str] | None) -> None:
     import logging
 
     import onnx
@@ -155,8 +218,10 @@ def _quantize_int8(fp32_path: Path, int8_path: Path, scheme: str) -> None:
         config = DefaultWeightOnlyQuantConfig(block_size=WEIGHT_ONLY_BLOCK, is_symmetric=True, bits=8,
                                               accuracy_level=1 if scheme == "weight-only-fp32" else 4)
         exclude: list[str] = []
-        if scheme == "dynamic-mixed":  # weight-only for the FFN-out MatMuls only; the rest dynamic below
-            ffn_out = set(ffn_out_matmuls(fp32_path))
+        mixed = scheme == "dynamic-mixed" or scheme in WEIGHT_ONLY_FFN_OUT
+        if mixed:  # weight-only for (some of) the FFN-out MatMuls only; the rest dynamic below
+            ffn_out = set(ffn_out_matmuls(fp32_path) if scheme == "dynamic-mixed"
+                          else list(ffn_out_ranking or ())[: WEIGHT_ONLY_FFN_OUT[scheme]])
             exclude = [n.name for n in onnx.load(str(fp32_path)).graph.node
                        if n.op_type == "MatMul" and n.name not in ffn_out]
         quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), algo_config=config, nodes_to_exclude=exclude)
@@ -165,7 +230,7 @@ def _quantize_int8(fp32_path: Path, int8_path: Path, scheme: str) -> None:
         quantizer.model.save_model_to_file(str(mid), use_external_data_format=False)
         # The embedding table: int8 per row (a lookup, so weight-only as well); dynamic-mixed: also the
         # remaining MatMuls, dynamic.
-        ops = ["Gather", "MatMul"] if scheme == "dynamic-mixed" else ["Gather"]
+        ops = ["Gather", "MatMul"] if mixed else ["Gather"]
         try:
             quantize_dynamic(str(mid), str(int8_path), per_channel=True, weight_type=QuantType.QInt8,
                              op_types_to_quantize=ops)

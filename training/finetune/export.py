@@ -317,8 +317,9 @@ def _choose_quantization(job: _Job, ref: _Reference, stage: Path) -> tuple[_Cand
     attempts: list[dict[str, Any]] = []
     chosen: _Candidate | None = None
     smoothed: dict[Any, Path] = {}
+    rankings: dict[Path, list[tuple[str, float]]] = {}
     for scheme in schemes:
-        current = _try_scheme(job, ref, stage, scheme, smoothed)
+        current = _try_scheme(job, ref, stage, scheme, smoothed, rankings)
         attempts.append(current.attempt)
         if chosen is None or worst_drop(current.attempt["quality"]) < worst_drop(chosen.attempt["quality"]):
             chosen = current
@@ -333,16 +334,21 @@ def _choose_quantization(job: _Job, ref: _Reference, stage: Path) -> tuple[_Cand
     return chosen, attempts
 
 
-def _try_scheme(job: _Job, ref: _Reference, stage: Path, scheme: str, smoothed: dict[Any, Path]) -> _Candidate:
+def _try_scheme(job: _Job, ref: _Reference, stage: Path, scheme: str, smoothed: dict[Any, Path],
+                rankings: dict[Path, list[tuple[str, float]]]) -> _Candidate:
     """Quantise with ``scheme`` (from the SmoothQuant-scaled fp32 model where the scheme asks for it; those are
-    cached in ``smoothed``), score, judge, and check parity and quality against the reference."""
+    cached in ``smoothed``, and the FFN-out sensitivity ranking of each source in ``rankings``), score, judge,
+    and check parity and quality against the reference."""
     from shenhe.training.finetune.backend import (
         QUANT_SCHEMES,
         SMOOTHING,
+        WEIGHT_ONLY_FFN_OUT,
+        ffn_out_sensitivity,
         max_prob_diff,
         ort_session,
         quantize_int8,
     )
+    from shenhe.training.finetune.smooth import calibration_windows
 
     path = stage / f"model.{scheme}.onnx"
     smoothing = SMOOTHING[scheme]
@@ -352,7 +358,15 @@ def _try_scheme(job: _Job, ref: _Reference, stage: Path, scheme: str, smoothed: 
             smoothed[smoothing] = _smoothed_fp32(job.run_dir, job.dev.normalized, job.windower, job.pad_id,
                                                  stage / f"smoothed{len(smoothed)}.fp32.onnx", smoothing)
         source = smoothed[smoothing]
-    quantize_int8(source, path, scheme)
+    ranking: list[str] | None = None
+    weight_only: list[tuple[str, float]] = []
+    if scheme in WEIGHT_ONLY_FFN_OUT:
+        if source not in rankings:
+            sample = calibration_windows(job.windower.first_windows(job.dev.normalized), SMOOTH_CALIBRATION_TEXTS)
+            rankings[source] = ffn_out_sensitivity(source, sample, job.pad_id)
+        ranking = [name for name, _ in rankings[source]]
+        weight_only = rankings[source][: WEIGHT_ONLY_FFN_OUT[scheme]]
+    quantize_int8(source, path, scheme, ranking)
     session = ort_session(path, job.threads)
     judged = _judge(job, *_scores(job, session, scheme))
     cal_probs_torch = apply_calibration(ref.torch_windows, judged.calibration)
@@ -381,6 +395,8 @@ def _try_scheme(job: _Job, ref: _Reference, stage: Path, scheme: str, smoothed: 
         "int8_macro_f1_drop": round(ref.judged.dev_metrics["macro_f1"] - judged.dev_metrics["macro_f1"], 4),
         "quality": quality,
         "dev_texts": len(job.dev),
+        **({"weight_only_ffn_out": [{"matmul": name, "relative_error": round(err, 6)} for name, err in weight_only]}
+           if weight_only else {}),
         "passed": not failures,
         "failures": failures,
     }
