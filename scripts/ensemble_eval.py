@@ -63,6 +63,8 @@ class EnsembleConfig:
     seed: int = 0  # perturbations and --limit sampling
     threads: int | None = None
     batch_size: int = 32
+    name: str | None = None  # the ensemble bundle's name (default: the --out folder's name)
+    version: str | None = None  # its version (default: the encoder bundle's version + "+ngram")
 
 
 def _split(cfg: EnsembleConfig, name: str, required: bool = True) -> Split | None:
@@ -115,8 +117,8 @@ def run(cfg: EnsembleConfig, log: Any = print) -> dict[str, Any]:
 
     base_policy = load_policy(cfg.policy) if cfg.policy else load_policy()
     method = cfg.calibration or _calibration_method(predictor)
-    name = cfg.out.name if cfg.out else "ensemble"
-    version = f"{predictor.manifest.version}+ngram"
+    name = cfg.name or (cfg.out.name if cfg.out else "ensemble")
+    version = cfg.version or f"{predictor.manifest.version}+ngram"
     judged, reports = compare({"encoder": scored(enc), "ngram": scored(ng), "ensemble": scored(ens)}, splits,
                               trained, method, base_policy, f"{name}.{version}")
     result: dict[str, Any] = {
@@ -207,10 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", type=Path)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--name", help="the ensemble bundle's name (default: the --out folder's name)")
+    ap.add_argument("--version", help="its version (default: the encoder bundle's version + '+ngram')")
     a = ap.parse_args(argv)
     cfg = EnsembleConfig(bundle=a.bundle, tfidf=a.tfidf, data=a.data, cache=a.cache, out=a.out, report=a.report,
                          max_features=a.max_features or None, limit=a.limit, calibration=a.calibration,
-                         policy=a.policy, seed=a.seed, threads=a.threads)
+                         policy=a.policy, seed=a.seed, threads=a.threads, name=a.name, version=a.version)
     print(render(run(cfg, log=lambda msg: print(msg, file=sys.stderr))))
     return 0
 

@@ -236,7 +236,8 @@ def test_experiment_script_compares_and_writes_a_bundle(tiny_bundle: Path, tfidf
                                                 for r in rows), encoding="utf-8")
     cache = tmp_path / "cache"
     args = ["--bundle", str(tiny_bundle), "--tfidf", str(tfidf_run), "--data", str(data), "--cache", str(cache),
-            "--max-features", "300", "--out", str(tmp_path / "bundle"), "--threads", "1"]
+            "--max-features", "300", "--name", "tiny-ens", "--version", "0.0.2", "--out", str(tmp_path / "bundle"),
+            "--threads", "1"]
     assert _script().main(args) == 0
     printed = capsys.readouterr().out
     assert "**test macro-F1**" in printed and "homophones: flag accuracy drop" in printed
@@ -256,6 +257,7 @@ def test_experiment_script_compares_and_writes_a_bundle(tiny_bundle: Path, tfidf
     np.testing.assert_allclose(encoder_logits(plain, dev.normalized, cache), encoder_logits(plain, dev.normalized))
     written = Predictor(tmp_path / "bundle", intra_op_threads=1)
     assert written.manifest.ngram is not None and written.manifest.ngram.fit == {"split": "dev", "texts": 25}
+    assert (written.info.name, written.info.version) == ("tiny-ens", "0.0.2")  # the shipping identity, as given
     assert written.score([normalize_text(TEXTS[0])]).shape == (1, len(CATEGORY_SLUGS))
     # A rerun reads the cached encoder logits (same files, none added).
     stamps = {p: p.stat().st_mtime_ns for p in encoder_cache}
